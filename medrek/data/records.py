@@ -1,0 +1,47 @@
+"""The one record type every benchmark is loaded into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["LocalityProbe", "EditRecord"]
+
+
+@dataclass(frozen=True)
+class LocalityProbe:
+    """An unrelated question whose answer must not change after the edit."""
+
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    """An edit request plus the probes needed to evaluate it.
+
+    Attributes:
+        record_id: stable identifier (the source id when the file has one, else the index).
+        prompt: the question whose answer is edited.
+        target_new: the answer the edited model must give.
+        ground_truth: the old answer (may be empty where a source has none).
+        rephrase_prompts: paraphrases of ``prompt`` (generality probes); at least one.
+        subject: the subject used for stratification and per-subject reports.
+        locality: named locality probes, e.g. ``{"locality": ...}`` for MedVersa or
+            ``{"target": ..., "mapping": ..., "struc": ..., "tokenSem": ...}`` for MedCF.
+        meta: any other source fields (topic, locality subject, ...), kept for audits.
+    """
+
+    record_id: str
+    prompt: str
+    target_new: str
+    ground_truth: str
+    rephrase_prompts: tuple[str, ...]
+    subject: str
+    locality: Mapping[str, LocalityProbe] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def rephrase(self) -> str:
+        """The first paraphrase (the one used by training and the standard metrics)."""
+        return self.rephrase_prompts[0]

@@ -1,0 +1,1 @@
+"""Model loading, the knowledge encoder and the prompt encoders."""

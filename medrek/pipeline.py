@@ -1,0 +1,113 @@
+"""Run the notebooks in order with papermill, into one run directory.
+
+Usage::
+
+    python -m medrek.pipeline params/small.yaml            # -> runs/small/
+    python -m medrek.pipeline params/smoke.yaml --run-dir /tmp/x --only 01_build_medversa
+
+Before anything runs, every key of the params file is checked against the ``parameters``
+cell of the notebook it feeds, so a typo fails in a second instead of after an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .config import COMMON_KEYS, Params, ParamsError, check_keys, load_params
+from .io import write_text
+from .rundir import RunDir
+
+__all__ = ["NOTEBOOKS_DIR", "notebook_paths", "notebook_parameters", "validate_params", "run_pipeline"]
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def notebook_paths(notebooks_dir: str | os.PathLike[str] = NOTEBOOKS_DIR) -> dict[str, Path]:
+    """Stage notebooks (``NN_name.ipynb``) by name, in pipeline order."""
+    paths = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+    return {p.stem: p for p in paths}
+
+
+def notebook_parameters(path: str | os.PathLike[str]) -> dict[str, dict]:
+    """The names (and inferred defaults) of a notebook's ``parameters`` cell, via papermill."""
+    import papermill
+
+    params = papermill.inspect_notebook(str(path))
+    if not params:
+        raise ParamsError(f"{path}: no cell tagged 'parameters'")
+    return params
+
+
+def validate_params(params: Params, notebooks: dict[str, Path]) -> None:
+    """Every section names a known notebook and every key exists in its parameters cell."""
+    check_keys(params.notebooks, notebooks, f"{params.path}: notebooks")
+    for name, path in notebooks.items():
+        declared = notebook_parameters(path)
+        missing = [k for k in COMMON_KEYS if k not in declared]
+        if missing:
+            raise ParamsError(f"{path}: parameters cell lacks the common key(s) {missing}")
+        check_keys(params.notebooks.get(name, {}), declared, f"{params.path}: notebooks.{name}")
+
+
+def run_pipeline(
+    params_path: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str] | None = None,
+    only: Sequence[str] | None = None,
+    notebooks_dir: str | os.PathLike[str] = NOTEBOOKS_DIR,
+    log_output: bool = False,
+) -> RunDir:
+    """Validate the params, then execute each notebook into ``run_dir/notebooks/``."""
+    import papermill
+
+    params = load_params(params_path)
+    notebooks = notebook_paths(notebooks_dir)
+    if not notebooks:
+        raise ParamsError(f"{notebooks_dir}: no stage notebooks found")
+    validate_params(params, notebooks)
+    if only:
+        check_keys(only, notebooks, "--only")
+        notebooks = {k: v for k, v in notebooks.items() if k in only}
+    run = RunDir.create(run_dir or Path("runs") / params.name)
+    write_text(run.params, Path(params_path).read_text("utf-8"))
+    for name, path in notebooks.items():
+        start = time.perf_counter()
+        print(f"[medrek] {name} -> {run.notebooks / path.name}", flush=True)
+        out = run.notebooks / path.name
+        tmp = out.with_name(f".{out.stem}.running.ipynb")
+        try:
+            papermill.execute_notebook(
+                str(path), str(tmp), parameters=params.for_notebook(name, run.root.resolve()),
+                cwd=str(path.parent), log_output=log_output, progress_bar=False,
+            )
+        except BaseException:
+            if tmp.exists():  # the partly executed copy shows where it failed; the last good one stays
+                os.replace(tmp, out.with_name(f"{out.stem}.failed.ipynb"))
+            raise
+        os.replace(tmp, out)
+        print(f"[medrek] {name} done in {time.perf_counter() - start:.1f} s", flush=True)
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medrek.pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("params", help="params YAML, e.g. params/small.yaml")
+    parser.add_argument("--run-dir", default=None, help="default: runs/<params name>")
+    parser.add_argument("--only", nargs="*", default=None, help="notebook names to run (default: all)")
+    parser.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
+    args = parser.parse_args(argv)
+    try:
+        run = run_pipeline(args.params, args.run_dir, args.only, log_output=args.log_output)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[medrek] run directory: {run.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Shared fixtures: the released data folder and tiny random models built in code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _data_dir() -> Path | None:
+    env = os.environ.get("MEDREK_DATA_DIR")
+    if env:
+        return Path(env)
+    guess = REPO.parent / "shared" / "data"
+    return guess if guess.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The released data; tests needing it are skipped only when no folder is configured at all."""
+    found = _data_dir()
+    if found is None:
+        pytest.skip("no released data: set MEDREK_DATA_DIR to the folder of the released files")
+    return found
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    from medrek.models.registry import load_causal_lm
+
+    return load_causal_lm("tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    from medrek.models.registry import load_encoder
+
+    return load_encoder("tiny-bert", seed=0)

@@ -1,0 +1,76 @@
+import io
+import shutil
+import urllib.error
+
+import pytest
+
+from medrek.data import sources
+from medrek.data.sources import RELEASED_FILES, DataSourceError, released_path, resolve_data_dir
+
+
+def test_every_released_file_verifies(data_dir):
+    for name, spec in RELEASED_FILES.items():
+        path = released_path(name, data_dir)
+        assert sources.sha256_of(path) == spec.sha256
+
+
+def test_corrupted_file_names_file_and_checksum(data_dir, tmp_path):
+    (tmp_path / "medcf").mkdir()
+    copy = tmp_path / "medcf" / "valid.json"
+    shutil.copy(data_dir / "medcf" / "valid.json", copy)
+    copy.chmod(0o644)
+    raw = bytearray(copy.read_bytes())
+    raw[100] ^= 1
+    copy.write_bytes(bytes(raw))
+    with pytest.raises(DataSourceError, match=r"valid\.json: sha256 mismatch"):
+        released_path("medcf/valid.json", tmp_path)
+
+
+def test_missing_file_tells_what_to_set(tmp_path):
+    with pytest.raises(DataSourceError, match="MEDREK_DATA_DIR"):
+        released_path("medversa/train.json", tmp_path)
+
+
+def test_unknown_file_is_refused(tmp_path):
+    with pytest.raises(DataSourceError, match="unknown released file"):
+        released_path("medversa/dev.json", tmp_path)
+
+
+def test_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDREK_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("MEDREK_CACHE_DIR", str(tmp_path / "cache"))
+    assert resolve_data_dir(tmp_path / "explicit") == (tmp_path / "explicit", False)
+    assert resolve_data_dir(None) == (tmp_path / "env", False)
+    monkeypatch.delenv("MEDREK_DATA_DIR")
+    folder, may_download = resolve_data_dir(None)
+    assert folder.is_relative_to(tmp_path / "cache") and may_download
+
+
+def test_no_network_gives_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("MEDREK_DATA_DIR", raising=False)
+    monkeypatch.setenv("MEDREK_CACHE_DIR", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
+    with pytest.raises(DataSourceError, match="set MEDREK_DATA_DIR"):
+        released_path("medcf/test.json")
+
+
+def test_bad_download_is_not_cached(monkeypatch, tmp_path):
+    monkeypatch.delenv("MEDREK_DATA_DIR", raising=False)
+    monkeypatch.setenv("MEDREK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(sources.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(b"[]"))
+    with pytest.raises(DataSourceError, match="expected"):
+        released_path("medcf/test.json")
+    assert not list(tmp_path.rglob("test.json"))
+
+
+def test_good_download_is_cached_and_verified(monkeypatch, tmp_path, data_dir):
+    monkeypatch.delenv("MEDREK_DATA_DIR", raising=False)
+    monkeypatch.setenv("MEDREK_CACHE_DIR", str(tmp_path))
+    payload = (data_dir / "medcf" / "test.json").read_bytes()
+    monkeypatch.setattr(sources.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(payload))
+    path = released_path("medcf/test.json")
+    assert path.is_relative_to(tmp_path) and path.read_bytes() == payload
