@@ -1,18 +1,38 @@
 """medrek-kit: retrieval-based editing for medical LLMs with key-aware prompts (MedREK).
 
-The public API lives here::
+The public API::
 
     from medrek import Editor, EditMemory, KnowledgeEncoder, PromptEncoder
+    editor = Editor.build(EditorConfig(method="medrek", lm="smollm2-135m", encoder="minilm-l6"))
+    editor.edit({"prompt": "...", "target_new": "..."})
 """
 
 from .data import EditRecord, LocalityProbe, load_split
+from .editor import EditedModel, Editor, EditorConfig
+from .memory import CheckpointError, EditMemory, MemoryConfig
+from .methods import PRESETS, MethodPreset, get_preset
+from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig
+from .models.prompt import PromptEncoder, PromptEncoderConfig
 from .models.registry import load_causal_lm, load_encoder
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "EditMemory",
     "EditRecord",
+    "EditedModel",
+    "Editor",
+    "EditorConfig",
+    "KnowledgeEncoder",
+    "KnowledgeEncoderConfig",
     "LocalityProbe",
+    "MemoryConfig",
+    "MethodPreset",
+    "PRESETS",
+    "PromptEncoder",
+    "PromptEncoderConfig",
+    "get_preset",
     "load_causal_lm",
     "load_encoder",
     "load_split",

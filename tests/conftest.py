@@ -39,3 +39,23 @@ def tiny_encoder():
     from medrek.models.registry import load_encoder
 
     return load_encoder("tiny-bert", seed=0)
+
+
+@pytest.fixture
+def make_editor(tiny_lm):
+    """Build a tiny editor (tiny Llama + tiny BERT) for a method preset."""
+    from medrek.editor import Editor, EditorConfig
+
+    def make(method: str = "medrek", **overrides):
+        config = EditorConfig(method=method, lm="tiny-llama", encoder="tiny-bert", key_dim=32,
+                              n_tokens=3, n_heads=4, n_prototype_tokens=4)
+        return Editor.build(config, lm=tiny_lm, seed=0, **overrides)
+
+    return make
+
+
+REQUESTS = [
+    {"id": "asthma", "prompt": "What drug is used for acute severe asthma?", "target_new": "MgSO4"},
+    {"id": "insulin", "prompt": "Who discovered insulin?", "target_new": "Banting"},
+    {"id": "scurvy", "prompt": "Which vitamin prevents scurvy?", "target_new": "Vitamin C"},
+]

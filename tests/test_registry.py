@@ -8,7 +8,7 @@ def test_char_tokenizer_round_trip():
     tok = char_tokenizer("llama")
     ids = tok("Hi, there?").input_ids
     assert ids[0] == tok.bos_token_id and len(ids) == 11
-    assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == "Hi,there?".replace(" ", "")
+    assert tok.decode(ids, skip_special_tokens=True) == "Hi, there?"
 
 
 def test_tiny_models_are_seeded_and_frozen(tiny_lm):

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -63,6 +63,7 @@ def char_tokenizer(kind: str) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(list(specials.values()) + _CHARS)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials["unk_token"]))
     backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    backend.decoder = decoders.Fuse()
     if kind == "llama":
         backend.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
@@ -82,7 +83,7 @@ def _tiny_llama(seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=True, initializer_range=0.3,  # large init: varied, discriminative outputs
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config), tok

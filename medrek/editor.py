@@ -1,0 +1,376 @@
+"""Editing a frozen causal LM by retrieval and continuous prompts.
+
+* :class:`EditedModel`: a frozen causal LM that takes, per row, optional prompt tokens
+  [T, H] and prepends them at the first layer (``inputs_embeds``) with the attention mask
+  extended; rows without prompt tokens see exactly the unedited model. Differentiable, so the
+  trainer uses it too.
+* :class:`Editor`: what users call. ``edit`` stores requests in an :class:`EditMemory` (encoder
+  forwards only, no gradient); ``score``, ``generate`` and ``explain`` retrieve for each input
+  and run the :class:`EditedModel`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .data.records import EditRecord
+from .io import atomic_path, write_json
+from .memory import CheckpointError, EditMemory, Explanation, MemoryConfig, Retrieval
+from .methods import edit_text, get_preset
+from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig
+from .models.prompt import PromptEncoder, PromptEncoderConfig
+from .models.registry import load_causal_lm, load_encoder
+
+__all__ = ["EditorConfig", "EditedModel", "Editor", "PairBatch", "ScoreResult", "encode_pairs"]
+
+FORMAT = "medrek.Editor/1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenisation of (prompt, target) pairs for teacher-forced scoring and training
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PairBatch:
+    input_ids: torch.Tensor  # [B, L] prompt tokens then target tokens, right-padded
+    attention_mask: torch.Tensor  # [B, L]
+    target_mask: torch.Tensor  # [B, L] True at target-token positions
+
+    def to(self, device: torch.device | str) -> "PairBatch":
+        return PairBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.target_mask)))
+
+
+def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int = 256) -> PairBatch:
+    """Tokenise ``prompt`` (with the tokenizer's special tokens) followed by ``" " + target``."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    empty = [i for i, t in enumerate(targets) if not t.strip()]
+    if empty:
+        raise ValueError(f"target {empty[0]} is empty")
+    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    t_ids = tokenizer([" " + t.strip() for t in targets], add_special_tokens=False)["input_ids"]
+    rows = []
+    for i, (p, t) in enumerate(zip(p_ids, t_ids)):
+        if not t:
+            raise ValueError(f"target {i} ({targets[i]!r}) tokenises to nothing")
+        ids = (p + t)[-max_length:]  # keep the target; truncate the prompt from the left
+        rows.append((ids, len(ids) - len(t)))
+    L = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), L), pad, dtype=torch.long)
+    attention = torch.zeros(len(rows), L, dtype=torch.long)
+    target = torch.zeros(len(rows), L, dtype=torch.bool)
+    for i, (ids, start) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        target[i, max(start, 1): len(ids)] = True
+    return PairBatch(input_ids, attention, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The frozen LM with prompt injection
+# ---------------------------------------------------------------------------------------------
+class EditedModel(nn.Module):
+    """A frozen causal LM with per-row prompt tokens prepended at the first layer.
+
+    Layout of a batch with prompts: ``[T prompt slots][the tokenised text]``; a row without a
+    prompt has its T slots masked out, and position ids follow the attention mask, so masked
+    slots (and left padding) are invisible. A batch where no row has a prompt is passed to
+    the LM untouched, so its logits are exactly the base model's.
+    """
+
+    def __init__(self, lm: nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        lm.requires_grad_(False)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.lm.get_input_embeddings().embedding_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    def _with_prompts(self, input_ids, attention_mask, prompts, fired):
+        """-> inputs_embeds [B, T + L, H], attention mask [B, T + L]."""
+        embeds = self.lm.get_input_embeddings()(input_ids)  # [B, L, H]
+        prompts = prompts.to(embeds.dtype) * fired[:, None, None].to(embeds.dtype)
+        T = prompts.shape[1]
+        slot_mask = fired[:, None].expand(-1, T).to(attention_mask.dtype)
+        return torch.cat([prompts, embeds], 1), torch.cat([slot_mask, attention_mask], 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prompts: torch.Tensor | None = None, fired: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, L, V] aligned with ``input_ids``; ``prompts`` [B, T, H], ``fired`` [B] bool."""
+        if prompts is None or fired is None or not bool(fired.any()):
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+        T = prompts.shape[1]
+        embeds, mask = self._with_prompts(input_ids, attention_mask, prompts, fired.to(input_ids.device))
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        return self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, T:]
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 prompts: torch.Tensor | None = None, fired: torch.Tensor | None = None,
+                 **generate_kwargs: Any) -> torch.Tensor:
+        """New tokens only [B, N]; ``input_ids`` must be left-padded."""
+        kwargs = {"pad_token_id": self.tokenizer.pad_token_id, **generate_kwargs}
+        if prompts is None or fired is None or not bool(fired.any()):
+            out = self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            return out[:, input_ids.shape[1]:]
+        embeds, mask = self._with_prompts(input_ids, attention_mask, prompts, fired.to(input_ids.device))
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The user-facing editor
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class EditorConfig:
+    """Everything needed to rebuild an editor's modules (saved next to its weights)."""
+
+    method: str = "medrek"
+    lm: str = "smollm2-135m"
+    encoder: str = "minilm-l6"
+    key_dim: int = 4096
+    n_tokens: int = 3
+    n_heads: int = 8
+    n_prototype_tokens: int = 10
+    max_length: int = 128
+    train_backbone: bool = False
+    index: str = "flat"
+    min_similarity: float | None = None
+
+    def __post_init__(self) -> None:
+        get_preset(self.method)
+
+
+@dataclass
+class ScoreResult:
+    """Teacher-forced scores of (prompt, target) pairs, one entry per pair."""
+
+    accuracy: torch.Tensor  # [N] fraction of target tokens predicted by argmax
+    nll: torch.Tensor  # [N] mean token negative log-likelihood
+    fired: torch.Tensor  # [N] bool, whether an edit was retrieved for the query
+    retrieved_ids: list[str | None] = field(default_factory=list)
+    predictions: list[torch.Tensor] = field(default_factory=list)  # argmax ids at target positions
+
+
+def _as_request(item: EditRecord | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(item, EditRecord):
+        return {"id": item.record_id, "prompt": item.prompt, "target_new": item.target_new}
+    if not isinstance(item, Mapping) or not str(item.get("prompt", "")).strip() or not str(item.get("target_new", "")).strip():
+        raise ValueError(f"an edit request needs a non-empty 'prompt' and 'target_new', got {item!r}")
+    return dict(item)
+
+
+def _batches(n: int, size: int) -> Iterable[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+class Editor(nn.Module):
+    """Retrieval-based editor: ``edit``, ``remove``, ``score``, ``generate``, ``explain``."""
+
+    def __init__(self, config: EditorConfig, model: EditedModel, encoder: KnowledgeEncoder,
+                 prompt_encoder: PromptEncoder) -> None:
+        super().__init__()
+        self.config = config
+        self.preset = get_preset(config.method)
+        self.model = model
+        self.encoder = encoder
+        self.prompt_encoder = prompt_encoder
+        self.memory = self.new_memory()
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: EditorConfig | None = None, *, seed: int = 0, device: str = "cpu",
+              lm: tuple[nn.Module, Any] | None = None, **overrides: Any) -> "Editor":
+        """Load the LM and encoder named in ``config`` and initialise the trainable parts."""
+        config = config or EditorConfig()
+        config = EditorConfig(**{**asdict(config), **overrides})
+        lm_model, lm_tok = lm or load_causal_lm(config.lm, seed=seed, device=device)
+        backbone, enc_tok = load_encoder(config.encoder, seed=seed, device=device)
+        torch.manual_seed(seed)
+        enc_cfg = KnowledgeEncoderConfig(config.encoder, config.key_dim, config.n_prototype_tokens,
+                                         config.max_length, config.train_backbone)
+        encoder = KnowledgeEncoder(backbone, enc_tok, enc_cfg).to(device)
+        model = EditedModel(lm_model, lm_tok)
+        prompt_cfg = PromptEncoderConfig(get_preset(config.method).prompt_kind, config.key_dim,
+                                         model.hidden_size, config.n_tokens, config.n_heads,
+                                         encoder.config.hidden_size)
+        prompt_encoder = PromptEncoder.from_config(prompt_cfg).to(device)
+        return cls(config, model, encoder, prompt_encoder)
+
+    def new_memory(self) -> EditMemory:
+        """An empty memory keyed to the current prototype."""
+        cfg = MemoryConfig(self.config.key_dim, self.config.n_tokens, self.model.hidden_size,
+                           self.config.index, self.config.min_similarity)
+        with torch.no_grad():
+            return EditMemory(cfg, self.encoder.prototype_key())
+
+    # ---- edits ------------------------------------------------------------------------------
+    def encode_edits(self, prompts: Sequence[str], targets: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys [N, d] and prompt tokens [N, T, H] of edits (differentiable; the trainer uses it)."""
+        texts = [edit_text(p, t) for p, t in zip(prompts, targets)]
+        tokens = None
+        if self.prompt_encoder.needs_tokens:
+            tokens = self.encoder.encode_tokens(texts)
+            values = self.encoder.knowledge_head(self.encoder.pool(tokens))
+        else:
+            values = self.encoder.knowledge(texts)
+        keys = self.encoder.query(prompts) if self.preset.shared_query_key else values
+        return keys, self.prompt_encoder(values, tokens)
+
+    @torch.no_grad()
+    def edit(self, requests: EditRecord | Mapping[str, Any] | Sequence[EditRecord | Mapping[str, Any]],
+             batch_size: int = 64, progress: bool = False) -> list[str]:
+        """Store one request or a batch; returns the edit ids. Encoder forwards only."""
+        from tqdm.auto import tqdm
+
+        if isinstance(requests, (EditRecord, Mapping)):
+            requests = [requests]
+        reqs = [_as_request(r) for r in requests]
+        ids = [str(r.get("id", f"edit-{len(self.memory) + i}")) for i, r in enumerate(reqs)]
+        for part in tqdm(list(_batches(len(reqs), batch_size)), desc="editing", disable=not progress):
+            chunk = reqs[part]
+            keys, prompts = self.encode_edits([r["prompt"] for r in chunk], [r["target_new"] for r in chunk])
+            self.memory.add(ids[part], keys, prompts, chunk)
+        return ids
+
+    def remove(self, ids: str | Sequence[str]) -> None:
+        self.memory.remove([ids] if isinstance(ids, str) else list(ids))
+
+    def clear(self) -> None:
+        self.memory.clear()
+
+    # ---- retrieval ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def retrieve(self, texts: Sequence[str]) -> Retrieval:
+        return self.memory.retrieve(self.encoder.query(list(texts)))
+
+    @torch.no_grad()
+    def explain(self, text: str) -> Explanation:
+        """What is retrieved for ``text``, its score, the prototype score and the runner-up."""
+        return self.memory.explain(self.encoder.query([text])[0])
+
+    def _prompts(self, texts: Sequence[str], use_memory: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, Retrieval | None]:
+        if not use_memory or len(self.memory) == 0:
+            return None, None, None
+        r = self.retrieve(texts)
+        prompts, fired = self.memory.prompts_for(r)
+        return prompts.to(self.model.device), fired.to(self.model.device), r
+
+    # ---- scoring and generation --------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], targets: Sequence[str], queries: Sequence[str] | None = None,
+              batch_size: int = 32, use_memory: bool = True) -> ScoreResult:
+        """Teacher-forced accuracy and NLL of ``targets`` after ``prompts``.
+
+        Retrieval uses ``queries`` (default: the prompts). ``use_memory=False`` scores the
+        unedited LM through the same code path.
+        """
+        queries = list(queries) if queries is not None else list(prompts)
+        acc, nll, fired_all, ids_all, preds = [], [], [], [], []
+        for part in _batches(len(prompts), batch_size):
+            batch = encode_pairs(self.model.tokenizer, prompts[part], targets[part]).to(self.model.device)
+            p, fired, r = self._prompts(queries[part], use_memory)
+            logits = self.model(batch.input_ids, batch.attention_mask, p, fired)[:, :-1]  # [B, L-1, V]
+            labels, mask = batch.input_ids[:, 1:], batch.target_mask[:, 1:]
+            token_nll = nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, reduction="none")
+            argmax = logits.argmax(-1)
+            n_tok = mask.sum(1).clamp_min(1)
+            acc.append(((argmax == labels) & mask).sum(1) / n_tok)
+            nll.append((token_nll * mask).sum(1) / n_tok)
+            preds += [argmax[i][mask[i]].cpu() for i in range(len(argmax))]
+            b = len(labels)
+            fired_all.append(fired.cpu() if fired is not None else torch.zeros(b, dtype=torch.bool))
+            ids_all += [self.memory.ids[int(k)] if k >= 0 else None for k in r.rows] if r is not None else [None] * b
+        return ScoreResult(torch.cat(acc).cpu(), torch.cat(nll).cpu(), torch.cat(fired_all), ids_all, preds)
+
+    @torch.no_grad()
+    def generate(self, texts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16,
+                 use_memory: bool = True, **generate_kwargs: Any) -> list[str]:
+        """Continue each text (greedy by default; pass ``do_sample=True, top_k=5`` to sample)."""
+        tok = self.model.tokenizer
+        out: list[str] = []
+        generate_kwargs.setdefault("do_sample", False)
+        for part in _batches(len(texts), batch_size):
+            batch = tok(list(texts[part]), return_tensors="pt", padding=True, padding_side="left").to(self.model.device)
+            p, fired, _ = self._prompts(texts[part], use_memory)
+            new = self.model.generate(batch["input_ids"], batch["attention_mask"], p, fired,
+                                      max_new_tokens=max_new_tokens, **generate_kwargs)
+            out += tok.batch_decode(new, skip_special_tokens=True)
+        return out
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"encoder.{k}": v for k, v in self.encoder.trainable_state_dict().items()}
+        state.update({f"prompt_encoder.{k}": v for k, v in self.prompt_encoder.state_dict().items()})
+        return state
+
+    def save(self, folder: str | os.PathLike[str], with_memory: bool = False) -> Path:
+        """``folder/editor.safetensors`` + ``folder/editor.json`` (and the memory, if asked)."""
+        folder = Path(folder)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
+        with atomic_path(folder / "editor.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        write_json(folder / "editor.json", {"format": FORMAT, "config": asdict(self.config),
+                                            "lm_hidden": self.model.hidden_size,
+                                            "encoder_hidden": self.encoder.config.hidden_size})
+        if with_memory:
+            self.memory.save(folder / "memory")
+        return folder
+
+    def load_weights(self, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+        """Load trained weights, refusing missing, unexpected or mis-shaped tensors by name."""
+        own = self.trainable_state_dict()
+        missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(f"{source}: does not fit this editor (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        for name, value in tensors.items():
+            if value.shape != own[name].shape:
+                raise CheckpointError(f"{source}: tensor {name} has shape {tuple(value.shape)}, "
+                                      f"this editor needs {tuple(own[name].shape)}")
+        enc = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+        self.encoder.load_state_dict(enc, strict=False)
+        self.prompt_encoder.load_state_dict({k[len("prompt_encoder."):]: v for k, v in tensors.items()
+                                             if k.startswith("prompt_encoder.")})
+        self.encoder.clear_cache()
+        self.memory = self.new_memory()
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], *, device: str = "cpu",
+             lm: tuple[nn.Module, Any] | None = None, with_memory: bool = False, **overrides: Any) -> "Editor":
+        """Rebuild an editor from ``save``; the LM may be passed in to avoid reloading it."""
+        folder = Path(folder)
+        meta_path = folder / "editor.json"
+        try:
+            meta = json.loads(meta_path.read_text("utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{meta_path}: not a readable editor checkpoint ({exc})") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{meta_path}: not a medrek editor checkpoint (expected format {FORMAT!r})")
+        editor = cls.build(EditorConfig(**meta["config"]), device=device, lm=lm, **overrides)
+        if editor.model.hidden_size != meta["lm_hidden"]:
+            raise CheckpointError(f"{meta_path}: trained for an LM of hidden size {meta['lm_hidden']}, "
+                                  f"got {editor.model.hidden_size}")
+        try:
+            tensors = load_file(str(folder / "editor.safetensors"))
+        except Exception as exc:
+            raise CheckpointError(f"{folder / 'editor.safetensors'}: not a safetensors file ({exc})") from exc
+        editor.load_weights(tensors, str(folder / "editor.safetensors"))
+        if with_memory:
+            editor.memory = EditMemory.load(folder / "memory", key_dim=editor.config.key_dim,
+                                            n_tokens=editor.config.n_tokens, lm_hidden=editor.model.hidden_size)
+        return editor

@@ -1,0 +1,253 @@
+"""EditMemory: stored edits, a FAISS inner-product index and the prototype-gated top-1 rule.
+
+Each edit is stored as an id, its request, a key [d] and its prompt tokens [T, H] (computed once
+at insertion). For a query q the score of a key is ``q . key / sqrt(d)``; the top-1 edit is used
+only if its score beats the prototype's score ``q . p / sqrt(d)`` and, when set, a minimum
+similarity. Otherwise nothing is retrieved and the LM runs exactly as unedited.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import faiss
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .io import atomic_path, write_json
+
+__all__ = ["MemoryConfig", "Retrieval", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS"]
+
+INDEX_KINDS = ("flat", "hnsw", "ivf")
+FORMAT = "medrek.EditMemory/1"
+
+
+class CheckpointError(ValueError):
+    """A saved file is not a kit checkpoint, or does not fit the model it is loaded for."""
+
+
+@dataclass
+class MemoryConfig:
+    key_dim: int
+    n_tokens: int
+    lm_hidden: int
+    index: str = "flat"  # flat (exact IndexFlatIP) | hnsw | ivf (approximate)
+    min_similarity: float | None = None  # gate on top-1 score, besides the prototype
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 0  # 0: about 4 sqrt(N) lists
+    ivf_nprobe: int = 16
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {self.index!r}; choose one of {INDEX_KINDS}")
+
+
+@dataclass
+class Retrieval:
+    """Top-1 retrieval for a batch of queries; ``rows[i] == -1`` when nothing fires."""
+
+    rows: torch.Tensor  # [B] long, row of the retrieved edit or -1
+    top_rows: torch.Tensor  # [B] long, top-1 row whether or not it fired (-1 if memory empty)
+    scores: torch.Tensor  # [B] top-1 score (-inf if memory empty)
+    runner_up: torch.Tensor  # [B] second score (-inf if fewer than 2 edits)
+    prototype_scores: torch.Tensor  # [B]
+
+    @property
+    def fired(self) -> torch.Tensor:
+        return self.rows >= 0
+
+
+@dataclass
+class Explanation:
+    """Why an edit fired or did not, for one query."""
+
+    fired: bool
+    edit_id: str | None
+    top_edit_id: str | None
+    score: float
+    prototype_score: float
+    runner_up_score: float
+    min_similarity: float | None
+    request: dict[str, Any] | None
+
+
+class EditMemory:
+    """Stored edits with a FAISS index; keys and prompts are kept as tensors too (for save/remove)."""
+
+    def __init__(self, config: MemoryConfig, prototype_key: torch.Tensor) -> None:
+        if prototype_key.shape != (config.key_dim,):
+            raise CheckpointError(f"prototype key has shape {tuple(prototype_key.shape)}, expected ({config.key_dim},)")
+        self.config = config
+        self.prototype_key = prototype_key.detach().float().cpu()
+        self.ids: list[str] = []
+        self.requests: list[dict[str, Any]] = []
+        self.keys = torch.zeros(0, config.key_dim)
+        self.prompts = torch.zeros(0, config.n_tokens, config.lm_hidden)
+        self._rows: dict[str, int] = {}
+        self._index = self._new_index()
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, edit_id: str) -> bool:
+        return str(edit_id) in self._rows
+
+    def _new_index(self) -> faiss.Index:
+        d, cfg = self.config.key_dim, self.config
+        if cfg.index == "hnsw":
+            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = cfg.hnsw_ef_search
+            return index
+        return faiss.IndexFlatIP(d)
+
+    def _rebuild(self) -> None:
+        """Rebuild the index from ``self.keys`` (after removal; IVF also retrains here)."""
+        keys = self.keys.numpy().astype(np.float32, copy=False)
+        if self.config.index == "ivf" and len(keys) >= 64:
+            nlist = self.config.ivf_nlist or max(1, int(4 * math.sqrt(len(keys))))
+            nlist = min(nlist, len(keys) // 39 or 1)
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.config.key_dim), self.config.key_dim,
+                                       nlist, faiss.METRIC_INNER_PRODUCT)
+            index.train(keys)
+            index.nprobe = min(self.config.ivf_nprobe, nlist)
+        else:
+            index = self._new_index()
+        if len(keys):
+            index.add(np.ascontiguousarray(keys))
+        self._index = index
+
+    # ---- editing -------------------------------------------------------------------------
+    def add(self, ids: Sequence[str], keys: torch.Tensor, prompts: torch.Tensor,
+            requests: Sequence[dict[str, Any]]) -> None:
+        """Add edits: keys [N, d], prompts [N, T, H]. Ids must be new."""
+        ids = [str(i) for i in ids]
+        n, cfg = len(ids), self.config
+        if keys.shape != (n, cfg.key_dim) or prompts.shape != (n, cfg.n_tokens, cfg.lm_hidden):
+            raise ValueError(f"expected keys [{n}, {cfg.key_dim}] and prompts [{n}, {cfg.n_tokens}, "
+                             f"{cfg.lm_hidden}], got {tuple(keys.shape)} and {tuple(prompts.shape)}")
+        clash = {i for i, c in Counter(ids).items() if c > 1 or i in self._rows}
+        if clash:
+            raise ValueError(f"edit id(s) already stored or repeated: {sorted(clash)[:5]}")
+        keys = keys.detach().float().cpu()
+        self._rows.update((i, len(self.ids) + r) for r, i in enumerate(ids))
+        self.ids += ids
+        self.requests += [dict(r) for r in requests]
+        self.keys = torch.cat([self.keys, keys])
+        self.prompts = torch.cat([self.prompts, prompts.detach().float().cpu()])
+        if self.config.index == "ivf":
+            self._rebuild()
+        else:
+            self._index.add(np.ascontiguousarray(keys.numpy()))
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Remove edits by id; the model then answers as before those edits."""
+        missing = [i for i in map(str, ids) if i not in self._rows]
+        if missing:
+            raise KeyError(f"no stored edit with id(s) {missing[:5]}")
+        drop = {self._rows[str(i)] for i in ids}
+        keep = [r for r in range(len(self)) if r not in drop]
+        self.ids = [self.ids[r] for r in keep]
+        self._rows = {i: r for r, i in enumerate(self.ids)}
+        self.requests = [self.requests[r] for r in keep]
+        self.keys = self.keys[keep]
+        self.prompts = self.prompts[keep]
+        self._rebuild()
+
+    def clear(self) -> None:
+        self.remove(list(self.ids))
+
+    # ---- retrieval -----------------------------------------------------------------------
+    def retrieve(self, queries: torch.Tensor) -> Retrieval:
+        """Prototype-gated top-1 retrieval for queries [B, d]."""
+        q = queries.detach().float().cpu()
+        scale = 1.0 / math.sqrt(self.config.key_dim)
+        proto = (q @ self.prototype_key) * scale  # [B]
+        b = q.shape[0]
+        if len(self) == 0:
+            none = torch.full((b,), -1, dtype=torch.long)
+            ninf = torch.full((b,), -math.inf)
+            return Retrieval(none, none.clone(), ninf, ninf.clone(), proto)
+        k = min(2, len(self))
+        sims, rows = self._index.search(np.ascontiguousarray(q.numpy()), k)  # [B, k]
+        sims = torch.from_numpy(sims) * scale
+        rows = torch.from_numpy(rows).long()
+        top, top_rows = sims[:, 0], rows[:, 0]
+        runner = sims[:, 1] if k > 1 else torch.full((b,), -math.inf)
+        fire = (top > proto) & (top_rows >= 0)
+        if self.config.min_similarity is not None:
+            fire &= top >= self.config.min_similarity
+        return Retrieval(torch.where(fire, top_rows, -1), top_rows, top, runner, proto)
+
+    def prompts_for(self, retrieval: Retrieval) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt tokens [B, T, H] (zeros where nothing fired) and the fired mask [B]."""
+        fired = retrieval.fired
+        rows = retrieval.rows.clamp_min(0)
+        if len(self) == 0:
+            return torch.zeros(len(rows), self.config.n_tokens, self.config.lm_hidden), fired
+        return self.prompts[rows] * fired[:, None, None], fired
+
+    def explain(self, query: torch.Tensor) -> Explanation:
+        """Explain retrieval for one query vector [d] (``Editor.explain`` takes text)."""
+        r = self.retrieve(query.reshape(1, -1))
+        row, top = int(r.rows[0]), int(r.top_rows[0])
+        return Explanation(
+            fired=row >= 0,
+            edit_id=self.ids[row] if row >= 0 else None,
+            top_edit_id=self.ids[top] if top >= 0 else None,
+            score=float(r.scores[0]),
+            prototype_score=float(r.prototype_scores[0]),
+            runner_up_score=float(r.runner_up[0]),
+            min_similarity=self.config.min_similarity,
+            request=self.requests[row] if row >= 0 else None,
+        )
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``path.safetensors`` (tensors) and ``path.json`` (config, ids, requests), atomically."""
+        path = Path(path)
+        tensors = {"keys": self.keys.contiguous(), "prompts": self.prompts.contiguous(),
+                   "prototype_key": self.prototype_key.contiguous()}
+        with atomic_path(path.with_suffix(".safetensors")) as tmp:
+            save_file(tensors, str(tmp))
+        write_json(path.with_suffix(".json"), {"format": FORMAT, "config": asdict(self.config),
+                                               "ids": self.ids, "requests": self.requests})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, key_dim: int | None = None,
+             n_tokens: int | None = None, lm_hidden: int | None = None) -> "EditMemory":
+        """Load a saved memory; optional expected sizes are checked against the file."""
+        path = Path(path)
+        meta_path, tensor_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
+        try:
+            meta = json.loads(meta_path.read_text("utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{meta_path}: not a readable edit-memory file ({exc})") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{meta_path}: not a medrek edit memory (format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})")
+        config = MemoryConfig(**meta["config"])
+        for name, want in (("key_dim", key_dim), ("n_tokens", n_tokens), ("lm_hidden", lm_hidden)):
+            if want is not None and getattr(config, name) != want:
+                raise CheckpointError(f"{meta_path}: {name} is {getattr(config, name)}, the model needs {want}")
+        try:
+            tensors = load_file(str(tensor_path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{tensor_path}: not a safetensors file ({exc})") from exc
+        memory = cls(config, tensors["prototype_key"])
+        n = len(meta["ids"])
+        if tensors["keys"].shape != (n, config.key_dim) or tensors["prompts"].shape != (n, config.n_tokens, config.lm_hidden):
+            raise CheckpointError(f"{tensor_path}: tensor shapes do not match {meta_path}")
+        memory.ids, memory.requests = list(meta["ids"]), list(meta["requests"])
+        memory._rows = {i: r for r, i in enumerate(memory.ids)}
+        memory.keys, memory.prompts = tensors["keys"], tensors["prompts"]
+        memory._rebuild()
+        return memory
