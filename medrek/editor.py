@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data.records import EditRecord
+from .evaluate.metrics import prediction_positions, teacher_forced_selected
 from .io import atomic_path, write_json
 from .memory import CheckpointError, EditMemory, Explanation, MemoryConfig, Retrieval
 from .methods import edit_text, get_preset
@@ -109,15 +110,67 @@ class EditedModel(nn.Module):
         slot_mask = fired[:, None].expand(-1, T).to(attention_mask.dtype)
         return torch.cat([prompts, embeds], 1), torch.cat([slot_mask, attention_mask], 1)
 
+    @property
+    def _plain_head(self) -> bool:
+        """Whether logits are just ``lm_head(hidden)`` (no soft-capping or scaling)."""
+        cfg = self.lm.config
+        scaled = any(getattr(cfg, name, None) not in (None, 1, 1.0)
+                     for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+        return not scaled and self.lm.get_output_embeddings() is not None
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                prompts: torch.Tensor | None = None, fired: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, L, V] aligned with ``input_ids``; ``prompts`` [B, T, H], ``fired`` [B] bool."""
-        if prompts is None or fired is None or not bool(fired.any()):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
-        T = prompts.shape[1]
-        embeds, mask = self._with_prompts(input_ids, attention_mask, prompts, fired.to(input_ids.device))
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        return self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, T:]
+                prompts: torch.Tensor | None = None, fired: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits aligned with ``input_ids``; ``prompts`` [B, T, H], ``fired`` [B] bool.
+
+        Returns [B, L, V], or [N, V] at the N ``positions`` [B, L] (bool) when given: the
+        vocabulary projection is then computed only where it is needed.
+        """
+        use = prompts is not None and fired is not None and bool(fired.any())
+        if use:
+            embeds, mask = self._with_prompts(input_ids, attention_mask, prompts, fired.to(input_ids.device))
+            inputs = {"inputs_embeds": embeds, "attention_mask": mask,
+                      "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
+        else:
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        skip = prompts.shape[1] if use else 0
+        if positions is not None and self._plain_head:
+            hidden = self.lm.get_decoder()(**inputs).last_hidden_state[:, skip:]  # [B, L, H]
+            return self.project(hidden[positions])  # [N, V]
+        logits = self.lm(**inputs).logits[:, skip:]  # [B, L, V]
+        return logits if positions is None else logits[positions]
+
+    def forward_bucketed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: torch.Tensor | None,
+                         fired: torch.Tensor | None, positions: torch.Tensor, rows_per_chunk: int = 8) -> torch.Tensor:
+        """``forward(..., positions=positions)`` in length-sorted chunks of rows, each trimmed to
+        its own longest row: the same [N, V] result (same order) with far less padding.
+        """
+        lengths = attention_mask.sum(1)
+        order = torch.argsort(lengths, stable=True)
+        pieces, keys = [], []
+        L = input_ids.shape[1]
+        for start in range(0, len(order), rows_per_chunk):
+            rows = order[start: start + rows_per_chunk]
+            n = int(lengths[rows].max())
+            p = prompts[rows] if prompts is not None else None
+            f = fired[rows] if fired is not None else None
+            pos = positions[rows, :n]
+            pieces.append(self(input_ids[rows, :n], attention_mask[rows, :n], p, f, positions=pos))
+            where = pos.nonzero()
+            keys.append(rows[where[:, 0]] * L + where[:, 1])
+        restore = torch.argsort(torch.cat(keys))
+        return torch.cat(pieces)[restore]
+
+    def final_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     positions: torch.Tensor) -> torch.Tensor:
+        """Unedited final hidden states [N, H] at ``positions`` (``project`` turns them into logits)."""
+        if not self._plain_head:
+            raise NotImplementedError("this LM's logits are not a plain projection of its hidden states")
+        return self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[positions]
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [..., H] -> logits [..., V]."""
+        return self.lm.get_output_embeddings()(hidden)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -281,22 +334,26 @@ class Editor(nn.Module):
         unedited LM through the same code path.
         """
         queries = list(queries) if queries is not None else list(prompts)
+        # batch similar lengths together (less padding), then restore the input order
+        order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]) + len(targets[i]), i))
         acc, nll, fired_all, ids_all, preds = [], [], [], [], []
-        for part in _batches(len(prompts), batch_size):
-            batch = encode_pairs(self.model.tokenizer, prompts[part], targets[part]).to(self.model.device)
-            p, fired, r = self._prompts(queries[part], use_memory)
-            logits = self.model(batch.input_ids, batch.attention_mask, p, fired)[:, :-1]  # [B, L-1, V]
-            labels, mask = batch.input_ids[:, 1:], batch.target_mask[:, 1:]
-            token_nll = nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, reduction="none")
-            argmax = logits.argmax(-1)
-            n_tok = mask.sum(1).clamp_min(1)
-            acc.append(((argmax == labels) & mask).sum(1) / n_tok)
-            nll.append((token_nll * mask).sum(1) / n_tok)
-            preds += [argmax[i][mask[i]].cpu() for i in range(len(argmax))]
-            b = len(labels)
-            fired_all.append(fired.cpu() if fired is not None else torch.zeros(b, dtype=torch.bool))
-            ids_all += [self.memory.ids[int(k)] if k >= 0 else None for k in r.rows] if r is not None else [None] * b
-        return ScoreResult(torch.cat(acc).cpu(), torch.cat(nll).cpu(), torch.cat(fired_all), ids_all, preds)
+        for part in _batches(len(order), batch_size):
+            idx = order[part]
+            batch = encode_pairs(self.model.tokenizer, [prompts[i] for i in idx],
+                                 [targets[i] for i in idx]).to(self.model.device)
+            p, fired, r = self._prompts([queries[i] for i in idx], use_memory)
+            positions = prediction_positions(batch.target_mask)
+            logits = self.model(batch.input_ids, batch.attention_mask, p, fired, positions=positions)  # [N, V]
+            labels = batch.input_ids[:, 1:][batch.target_mask[:, 1:]]
+            tf = teacher_forced_selected(logits, labels, positions.nonzero()[:, 0], len(idx))
+            acc.append(tf.accuracy)
+            nll.append(tf.nll)
+            preds += tf.predictions
+            fired_all.append(fired.cpu() if fired is not None else torch.zeros(len(idx), dtype=torch.bool))
+            ids_all += [self.memory.ids[int(k)] if k >= 0 else None for k in r.rows] if r is not None else [None] * len(idx)
+        inverse = sorted(range(len(order)), key=order.__getitem__)
+        return ScoreResult(torch.cat(acc).cpu()[inverse], torch.cat(nll).cpu()[inverse], torch.cat(fired_all)[inverse],
+                           [ids_all[i] for i in inverse], [preds[i] for i in inverse])
 
     @torch.no_grad()
     def generate(self, texts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16,

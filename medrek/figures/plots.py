@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..io import atomic_path
 
-__all__ = ["style", "save_figure", "plot_subject_distribution", "plot_length_distributions"]
+__all__ = ["style", "save_figure", "plot_subject_distribution", "plot_length_distributions",
+           "plot_training_curves", "plot_validation_curves"]
 
 # Fixed metadata: no timestamps, no version strings, so the same data gives the same bytes.
 _METADATA = {
@@ -68,4 +69,33 @@ def plot_length_distributions(lengths: pd.DataFrame) -> plt.Figure:
         ax.set_xlabel("words")
     (axes[0] if len(fields) > 1 else axes).legend()
     fig.suptitle("MedVersa: length distributions")
+    return fig
+
+
+def plot_training_curves(log: pd.DataFrame, terms: Sequence[str], window: int = 10) -> plt.Figure:
+    """One panel per loss term, one line per method; ``log`` is tidy (method, step, term, value)."""
+    fig, axes = plt.subplots(1, len(terms), figsize=(2.6 * len(terms), 2.8), squeeze=False)
+    for ax, term in zip(axes[0], terms):
+        part = log[log["term"] == term]
+        for method, grp in part.groupby("method", sort=True):
+            grp = grp.sort_values("step")
+            ax.plot(grp["step"], grp["value"].rolling(window, min_periods=1).mean(), label=method)
+        ax.set_title(term)
+        ax.set_xlabel("step")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"training loss terms (rolling mean over {window} steps)", y=1.04)
+    return fig
+
+
+def plot_validation_curves(valid: pd.DataFrame, metrics: Sequence[str]) -> plt.Figure:
+    """Validation metrics against steps; ``valid`` is tidy (method, step, metric, value)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 2.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        part = valid[valid["metric"] == metric]
+        for method, grp in part.groupby("method", sort=True):
+            ax.plot(grp["step"], grp["value"], marker="o", label=method)
+        ax.set_title(metric)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].legend(fontsize=7)
     return fig

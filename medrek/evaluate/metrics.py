@@ -1,0 +1,79 @@
+"""Metric functions on teacher-forced logits (pure, batched, unit-tested on hand-built tensors).
+
+* efficacy / generality: token accuracy of ``target_new`` after the prompt / a rephrase, i.e. the
+  fraction of target positions where the argmax equals the target token;
+* locality: fraction of the locality answer's positions where the post-edit argmax equals the
+  pre-edit argmax;
+* Avg = (mean(efficacy, generality) + locality) / 2.
+
+All metrics are fractions in [0, 1]; tables that follow the official code multiply by 100 and
+say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TeacherForced", "prediction_positions", "teacher_forced", "teacher_forced_selected", "agreement", "avg_score"]
+
+
+@dataclass
+class TeacherForced:
+    accuracy: torch.Tensor  # [B]
+    nll: torch.Tensor  # [B]
+    predictions: list[torch.Tensor]  # argmax token ids at the target positions, per row
+
+
+def prediction_positions(target_mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] mask of the positions whose logits predict a target token (one to the left)."""
+    positions = torch.zeros_like(target_mask)
+    positions[:, :-1] = target_mask[:, 1:]
+    return positions
+
+
+def teacher_forced_selected(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor,
+                            n_rows: int) -> TeacherForced:
+    """Per-row accuracy and NLL from logits at selected positions only.
+
+    logits [N, V] and labels [N] at the N prediction positions; rows [N] says which row each
+    position belongs to (sorted, as ``mask.nonzero()`` gives them).
+    """
+    argmax = logits.argmax(-1)  # [N]
+    nll = F.cross_entropy(logits.float(), labels, reduction="none")  # [N]
+    counts = torch.bincount(rows, minlength=n_rows)
+    n = counts.clamp_min(1)
+    hits = torch.zeros(n_rows, device=logits.device).index_add_(0, rows, (argmax == labels).float())
+    total = torch.zeros(n_rows, device=logits.device).index_add_(0, rows, nll)
+    return TeacherForced(accuracy=hits / n, nll=total / n,
+                         predictions=list(torch.split(argmax.cpu(), counts.tolist())))
+
+
+def teacher_forced(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> TeacherForced:
+    """Per-row token accuracy and mean NLL of the masked target tokens.
+
+    logits [B, L, V] aligned with input_ids [B, L] (position t predicts token t + 1);
+    target_mask [B, L] is True at target-token positions.
+    """
+    positions = prediction_positions(target_mask)
+    rows = positions.nonzero()[:, 0]
+    return teacher_forced_selected(logits[positions], input_ids[:, 1:][target_mask[:, 1:]], rows, len(input_ids))
+
+
+def agreement(before: list[torch.Tensor], after: list[torch.Tensor]) -> torch.Tensor:
+    """Per row, the fraction of positions where two argmax sequences agree (locality)."""
+    if len(before) != len(after):
+        raise ValueError(f"{len(before)} rows before but {len(after)} after")
+    out = []
+    for i, (a, b) in enumerate(zip(before, after)):
+        if a.shape != b.shape:
+            raise ValueError(f"row {i}: {tuple(a.shape)} positions before but {tuple(b.shape)} after")
+        out.append((a == b).float().mean() if len(a) else torch.tensor(1.0))
+    return torch.stack(out) if out else torch.zeros(0)
+
+
+def avg_score(efficacy: float, generality: float, locality: float) -> float:
+    """The paper's Avg: (mean(efficacy, generality) + locality) / 2."""
+    return ((efficacy + generality) / 2 + locality) / 2

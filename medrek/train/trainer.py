@@ -1,0 +1,401 @@
+"""The trainer: MedREK's objective for every method preset, with validation and resumable runs.
+
+One step on a batch of B edit records (LM frozen; heads, prototype and prompt encoder trained):
+
+* retrieval terms (``losses.contrastive_q1`` / ``prototype_q2`` / ``locality_q3``) on keys
+  ``K`` (per the method preset), the prototype key and queries drawn per record from
+  {prompt, rephrase};
+* edit terms: the batch's prompt tokens prepended, hinge-masked NLL of ``target_new`` after the
+  prompt (``edit_rel``) and after the rephrase (``edit_gen``);
+* locality: KL(pre-edit || with the record's prompt tokens) on the locality answer positions.
+
+All LM rows of a step (prompt, rephrase and locality probes) go through one batched forward.
+With a frozen encoder backbone the pooled features of every training text are computed once
+up front, so the retrieval side costs only the heads.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..data.records import EditRecord
+from ..editor import Editor, EditorConfig, encode_pairs
+from ..evaluate.editing import evaluate_batch_edit, unedited_locality_predictions
+from ..evaluate.metrics import prediction_positions
+from ..memory import CheckpointError
+from ..methods import edit_text
+from . import losses
+from .checkpoint import load_training_state, restore_optimizer, save_training_checkpoint
+
+__all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "read_training_logs"]
+
+LOSS_TERMS = ("q1", "q2", "q3", "edit_rel", "edit_gen", "locality")
+# Fields that may change when a run is resumed (the schedule's length and the bookkeeping).
+RESUMABLE_CHANGES = {"steps", "eval_every", "checkpoint_every", "log_every", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run (all of them are notebook parameters)."""
+
+    # editor
+    method: str = "medrek"
+    lm: str = "smollm2-135m"
+    encoder: str = "minilm-l6"
+    key_dim: int = 1024
+    n_tokens: int = 3
+    n_heads: int = 8
+    n_prototype_tokens: int = 10
+    train_backbone: bool = False
+    max_length: int = 128
+    # optimisation
+    batch_size: int = 8
+    steps: int = 1000
+    lr_encoder: float = 1e-5
+    lr_prompt: float = 1e-5
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine (after warm-up)
+    grad_clip: float | None = None
+    rows_per_chunk: int = 8  # LM rows per length-sorted forward chunk (less padding; same result)
+    # objective (the paper: every weight 1, hinge scales 1.2, temperatures 1)
+    weight_q1: float = 1.0
+    weight_q2: float = 1.0
+    weight_q3: float = 1.0
+    weight_edit_rel: float = 1.0
+    weight_edit_gen: float = 1.0
+    weight_locality: float = 1.0
+    contrastive_hinge: float = 1.2
+    edit_hinge: float = 1.2
+    temperature_query_key: float = 1.0
+    temperature_query_prototype: float = 1.0
+    # bookkeeping
+    eval_every: int = 200
+    eval_size: int = 100
+    checkpoint_every: int = 200
+    log_every: int = 10
+    seed: int = 42
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose constant or cosine")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (the contrastive terms compare records)")
+
+    def editor_config(self) -> EditorConfig:
+        return EditorConfig(method=self.method, lm=self.lm, encoder=self.encoder, key_dim=self.key_dim,
+                            n_tokens=self.n_tokens, n_heads=self.n_heads,
+                            n_prototype_tokens=self.n_prototype_tokens, max_length=self.max_length,
+                            train_backbone=self.train_backbone)
+
+
+class _CsvLog:
+    """Append-only CSV whose rows beyond a resumed step are dropped on reopening."""
+
+    def __init__(self, path: Path, columns: Sequence[str], keep_until_step: int) -> None:
+        self.path, self.columns = path, list(columns)
+        rows = []
+        if path.exists() and keep_until_step > 0:
+            with path.open(newline="") as fh:
+                for row in csv.DictReader(fh):
+                    if None not in row.values() and row.get("step", "").isdigit() and int(row["step"]) <= keep_until_step:
+                        rows.append(row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, self.columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, self.columns, lineterminator="\n").writerows(rows)
+
+
+class Trainer:
+    """Train an editor's retriever and prompt encoder; ``run_dir`` gets logs and checkpoints."""
+
+    def __init__(self, config: TrainConfig, train_records: Sequence[EditRecord],
+                 valid_records: Sequence[EditRecord], run_dir: str | os.PathLike[str],
+                 lm: tuple[Any, Any] | None = None, name: str | None = None) -> None:
+        if len(train_records) < config.batch_size:
+            raise ValueError(f"{len(train_records)} training records, fewer than one batch of {config.batch_size}")
+        self.config = config
+        self.name = name or config.method
+        self.train_records = list(train_records)
+        self.run_dir = Path(run_dir)
+        self.editor = Editor.build(config.editor_config(), seed=config.seed, device=config.device, lm=lm)
+        self.editor.model.eval()
+        self.editor.encoder.backbone.train(config.train_backbone)
+        order = torch.randperm(len(valid_records), generator=torch.Generator().manual_seed(config.seed + 1))
+        self.valid_records = [valid_records[int(i)] for i in order[: config.eval_size]]
+        self.optimizer = torch.optim.Adam([
+            {"params": [p for p in self.editor.encoder.parameters() if p.requires_grad], "lr": config.lr_encoder},
+            {"params": list(self.editor.prompt_encoder.parameters()), "lr": config.lr_prompt},
+        ])
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.position = 0  # index into the current epoch's permutation
+        self.epoch = 0
+        self.permutation = self._new_permutation()
+        self.best_avg = -math.inf
+        self._locality_hidden: dict[tuple[str, str], torch.Tensor] = {}
+        self._valid_reference: dict[str, list[torch.Tensor]] | None = None
+        self._precompute_features()
+
+    # ---- paths -----------------------------------------------------------------------------
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / self.name / "last"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / self.name / "best"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "metrics" / f"train_log_{self.name}.csv"
+
+    @property
+    def valid_log_path(self) -> Path:
+        return self.run_dir / "metrics" / f"train_valid_{self.name}.csv"
+
+    # ---- data --------------------------------------------------------------------------------
+    def _new_permutation(self) -> torch.Tensor:
+        return torch.randperm(len(self.train_records), generator=self.generator)
+
+    def _next_batch(self) -> list[EditRecord]:
+        B = self.config.batch_size
+        if self.position + B > len(self.permutation):  # drop the ragged tail, start a new epoch
+            self.epoch += 1
+            self.position = 0
+            self.permutation = self._new_permutation()
+        rows = self.permutation[self.position: self.position + B]
+        self.position += B
+        return [self.train_records[int(i)] for i in rows]
+
+    def _precompute_features(self) -> None:
+        """Pooled features of every training text, in one fixed order (frozen backbone only)."""
+        if self.config.train_backbone:
+            return
+        texts = set()
+        for r in self.train_records:
+            texts.update([r.prompt, r.rephrase, edit_text(r.prompt, r.target_new)])
+            texts.update(p.prompt for p in r.locality.values())
+        ordered = sorted(texts, key=lambda t: (len(t), t))
+        for start in range(0, len(ordered), 256):
+            self.editor.encoder.features(ordered[start: start + 256])
+
+    # ---- the objective -------------------------------------------------------------------------
+    def compute_losses(self, batch: Sequence[EditRecord]) -> dict[str, torch.Tensor]:
+        """Every loss term for one batch (each a scalar tensor attached to the graph)."""
+        cfg, editor = self.config, self.editor
+        prompts = [r.prompt for r in batch]
+        rephrases = [r.rephrase for r in batch]
+        targets = [r.target_new for r in batch]
+        keys, prompt_tokens = editor.encode_edits(prompts, targets)  # [B, d], [B, T, H]
+        proto = editor.encoder.prototype_key()  # [d]
+
+        pick = torch.randint(0, 2, (len(batch),), generator=self.generator)
+        q1_texts = [(p, r)[int(c)] for p, r, c in zip(prompts, rephrases, pick)]
+        q2_texts = [(r, p)[int(c)] for p, r, c in zip(prompts, rephrases, pick)]
+        out = {
+            "q1": losses.contrastive_q1(editor.encoder.query(q1_texts), keys, proto, cfg.temperature_query_key),
+            "q2": losses.prototype_q2(editor.encoder.query(q2_texts), keys, proto,
+                                      cfg.temperature_query_prototype, cfg.contrastive_hinge),
+        }
+        probe_names = list(batch[0].locality)
+        out["q3"] = sum(
+            losses.locality_q3(editor.encoder.query([r.locality[n].prompt for r in batch]), keys, proto,
+                               cfg.temperature_query_prototype, cfg.contrastive_hinge)
+            for n in probe_names
+        )
+
+        # One LM forward for all rows: prompt+target, rephrase+target, each locality probe.
+        B, n_probes = len(batch), len(probe_names)
+        loc_prompts = [r.locality[n].prompt for n in probe_names for r in batch]
+        loc_answers = [r.locality[n].answer for n in probe_names for r in batch]
+        pairs = encode_pairs(editor.model.tokenizer, prompts + rephrases + loc_prompts,
+                             targets + targets + loc_answers).to(editor.model.device)
+        positions = prediction_positions(pairs.target_mask)  # [R, L]
+        rows = positions.nonzero()[:, 0]  # [N] row of each prediction position
+        labels = pairs.input_ids[:, 1:][pairs.target_mask[:, 1:]]  # [N]
+        all_prompts = prompt_tokens.repeat(2 + n_probes, 1, 1)  # row j uses record j % B
+        fired = torch.ones(len(all_prompts), dtype=torch.bool, device=editor.model.device)
+        logits = editor.model.forward_bucketed(pairs.input_ids, pairs.attention_mask, all_prompts, fired,
+                                               positions, rows_per_chunk=cfg.rows_per_chunk)
+        rel, gen, loc = rows < B, (rows >= B) & (rows < 2 * B), rows >= 2 * B
+        out["edit_rel"] = losses.hinge_token_nll(logits[rel], labels[rel], cfg.edit_hinge)
+        out["edit_gen"] = losses.hinge_token_nll(logits[gen], labels[gen], cfg.edit_hinge)
+        pre = self._unedited_logits(pairs, positions, range(2 * B, (2 + n_probes) * B),
+                                    list(zip(loc_prompts, loc_answers)))
+        out["locality"] = losses.locality_kl(pre, logits[loc]) * n_probes
+        return out
+
+    @torch.no_grad()
+    def _unedited_logits(self, pairs, positions: torch.Tensor, row_ids: Sequence[int],
+                         keys: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """Unedited logits at the prediction positions of ``row_ids`` (in row order).
+
+        The LM is frozen, so each locality row's final hidden states are computed once, one row
+        at a time (the result then does not depend on the batch it first came in), and cached.
+        """
+        model = self.editor.model
+        if not model._plain_head:  # no cache: a batched forward each step
+            rows = list(row_ids)
+            return model(pairs.input_ids[rows], pairs.attention_mask[rows], positions=positions[rows])
+        hidden = []
+        for row, key in zip(row_ids, keys):
+            if key not in self._locality_hidden:
+                n = int(pairs.attention_mask[row].sum())
+                self._locality_hidden[key] = model.final_hidden(
+                    pairs.input_ids[row: row + 1, :n], pairs.attention_mask[row: row + 1, :n],
+                    positions[row: row + 1, :n])
+            hidden.append(self._locality_hidden[key])
+        return model.project(torch.cat(hidden))
+
+    def _weights(self) -> dict[str, float]:
+        c = self.config
+        return {"q1": c.weight_q1, "q2": c.weight_q2, "q3": c.weight_q3, "edit_rel": c.weight_edit_rel,
+                "edit_gen": c.weight_edit_gen, "locality": c.weight_locality}
+
+    def _lr_factor(self, step: int) -> float:
+        cfg = self.config
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "cosine":
+            span = max(1, cfg.steps - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
+        return 1.0
+
+    def train_step(self) -> dict[str, float]:
+        factor = self._lr_factor(self.step)
+        base = (self.config.lr_encoder, self.config.lr_prompt)
+        for group, lr in zip(self.optimizer.param_groups, base):
+            group["lr"] = lr * factor
+        terms = self.compute_losses(self._next_batch())
+        weights = self._weights()
+        total = sum(weights[k] * v for k, v in terms.items())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.config.grad_clip:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        row = {"step": self.step, "epoch": self.epoch, "loss": float(total.detach())}
+        row.update({k: float(v.detach()) for k, v in terms.items()})
+        row.update({"lr_encoder": base[0] * factor, "lr_prompt": base[1] * factor})
+        return row
+
+    # ---- validation and checkpoints ----------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        self.editor.memory = self.editor.new_memory()  # the prototype changed since last time
+        if self._valid_reference is None:
+            self._valid_reference = unedited_locality_predictions(self.editor, self.valid_records)
+        return evaluate_batch_edit(self.editor, self.valid_records, reference=self._valid_reference)
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state(), "permutation": self.permutation,
+                "torch_rng": torch.get_rng_state()}
+
+    def save_checkpoint(self, folder: Path) -> None:
+        meta = {"config": asdict(self.config), "step": self.step, "epoch": self.epoch,
+                "position": self.position, "best_avg": self.best_avg if math.isfinite(self.best_avg) else None}
+        save_training_checkpoint(folder, self.editor, self.optimizer, self._state_tensors(), meta)
+
+    def resume_from(self, folder: Path) -> None:
+        """Restore weights, optimizer, RNG and data position from a checkpoint of the same config."""
+        tensors, meta = load_training_state(folder)
+        saved = meta["config"]
+        ours = asdict(self.config)
+        diff = sorted(k for k in ours if k not in RESUMABLE_CHANGES and saved.get(k) != ours[k])
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {ours[k]!r}" for k in diff[:5])
+            raise CheckpointError(f"{folder}: checkpoint from another training config ({details})")
+        from safetensors.torch import load_file
+
+        self.editor.load_weights(load_file(str(folder / "editor.safetensors")), str(folder / "editor.safetensors"))
+        self._precompute_features()
+        restore_optimizer(self.optimizer, tensors, meta["optimizer"])
+        self.generator.set_state(tensors["generator"])
+        torch.set_rng_state(tensors["torch_rng"])
+        self.permutation = tensors["permutation"]
+        self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
+        self.best_avg = meta["best_avg"] if meta["best_avg"] is not None else -math.inf
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def train(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+        """Run to ``config.steps`` (or ``stop_after`` more steps); returns a summary."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        if resume and self.last_checkpoint.exists():
+            self.resume_from(self.last_checkpoint)
+        log = _CsvLog(self.log_path,
+                      ["step", "epoch", "loss", *LOSS_TERMS, "lr_encoder", "lr_prompt", "seconds"], self.step)
+        valid_log = _CsvLog(self.valid_log_path, ["step", "metric", "value"], self.step)
+        end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", disable=not cfg.progress,
+                   unit="step")
+        started, start_step, rows = time.perf_counter(), self.step, []
+        while self.step < end:
+            t0 = time.perf_counter()
+            row = self.train_step()
+            row["seconds"] = round(time.perf_counter() - t0, 4)
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", rel=f"{row['edit_rel']:.3f}",
+                            samples_s=f"{cfg.batch_size * (self.step - start_step) / (time.perf_counter() - started):.1f}")
+            at_eval = cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps)
+            at_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == end
+            if at_eval or at_ckpt or self.step % cfg.log_every == 0:
+                log.append(rows)
+                rows = []
+            if at_eval:
+                result = self.validate()
+                valid_log.append([{"step": self.step, "metric": k, "value": round(v, 6)} for k, v in result.items()])
+                if result["avg"] > self.best_avg:
+                    self.best_avg = result["avg"]
+                    self.save_checkpoint(self.best_checkpoint)
+            if at_ckpt:
+                self.save_checkpoint(self.last_checkpoint)
+        log.append(rows)
+        bar.close()
+        elapsed = time.perf_counter() - started
+        done = self.step - start_step
+        return {"steps": self.step, "seconds": round(elapsed, 2),
+                "samples_per_second": round(cfg.batch_size * done / elapsed, 3) if done else None,
+                "best_avg": self.best_avg if math.isfinite(self.best_avg) else None}
+
+
+def train_config_from_params(params: dict[str, Any], where: str) -> TrainConfig:
+    """A :class:`TrainConfig` from notebook parameters, refusing unknown names."""
+    from ..config import from_dict
+
+    names = {f.name for f in fields(TrainConfig)}
+    return from_dict(TrainConfig, {k: v for k, v in params.items() if k in names}, where)
+
+
+def read_training_logs(run_dir: str | os.PathLike[str], names: Sequence[str]) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+    """Tidy tables of the logged loss terms (method, step, term, value) and validation metrics."""
+    import pandas as pd
+
+    metrics = Path(run_dir) / "metrics"
+    logs, valids = [], []
+    for name in names:
+        log = pd.read_csv(metrics / f"train_log_{name}.csv")
+        logs.append(log.melt(id_vars=["step"], value_vars=["loss", *LOSS_TERMS], var_name="term").assign(method=name))
+        valids.append(pd.read_csv(metrics / f"train_valid_{name}.csv").assign(method=name))
+    columns = ["method", "step", "term", "value"]
+    return pd.concat(logs)[columns].reset_index(drop=True), pd.concat(valids)[["method", "step", "metric", "value"]].reset_index(drop=True)

@@ -1,0 +1,100 @@
+import pandas as pd
+import pytest
+import torch
+
+from medrek.data import EditRecord, LocalityProbe
+from medrek.memory import CheckpointError
+from medrek.train import Trainer, TrainConfig
+
+WORDS = ["aspirin", "insulin", "heparin", "digoxin", "morphine", "codeine", "atropine", "quinine",
+         "warfarin", "lithium", "caffeine", "nicotine", "penicillin", "ibuprofen", "naloxone", "ketamine"]
+
+
+def _records(n=16, offset=0):
+    return [
+        EditRecord(
+            record_id=str(i), prompt=f"What treats case {i + offset}?", target_new=WORDS[(i + offset) % len(WORDS)],
+            ground_truth="x", rephrase_prompts=(f"Case {i + offset} is treated by what?",), subject="s",
+            locality={"locality": LocalityProbe(f"Where is organ {i + offset}?", "chest")},
+        )
+        for i in range(n)
+    ]
+
+
+def _config(**kw):
+    base = dict(method="medrek", lm="tiny-llama", encoder="tiny-bert", key_dim=16, n_tokens=2, n_heads=4,
+                n_prototype_tokens=2, batch_size=4, steps=6, lr_encoder=1e-2, lr_prompt=1e-2,
+                eval_every=3, eval_size=4, checkpoint_every=2, progress=False, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(trainer):
+    return {k: v.clone() for k, v in trainer.editor.trainable_state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["medrek", "recipe", "medrek-no-shared-qk", "medrek-no-attention", "token_attention"])
+def test_every_method_trains_and_logs_each_term(tmp_path, tiny_lm, method):
+    trainer = Trainer(_config(method=method, steps=3, eval_every=3), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
+    summary = trainer.train()
+    log = pd.read_csv(tmp_path / "metrics" / f"train_log_{method}.csv")
+    assert log["step"].tolist() == [1, 2, 3] and summary["steps"] == 3
+    for term in ("q1", "q2", "q3", "edit_rel", "edit_gen", "locality"):
+        assert log[term].notna().all() and (log[term] >= 0).all()
+    valid = pd.read_csv(tmp_path / "metrics" / f"train_valid_{method}.csv")
+    assert {"efficacy", "generality", "locality", "retrieval_prompt", "false_retrieval_locality"} <= set(valid["metric"])
+    assert (tmp_path / "checkpoints" / method / "best" / "editor.safetensors").is_file()
+
+
+def test_training_lowers_the_edit_loss(tmp_path, tiny_lm):
+    # the tiny random LM has sharp logits, so its loss moves slowly but steadily (seeded: deterministic)
+    trainer = Trainer(_config(steps=60, eval_every=0, checkpoint_every=60, batch_size=8, lr_prompt=3e-2,
+                              lr_encoder=3e-2), _records(), _records(4, 50), tmp_path, lm=tiny_lm)
+    trainer.train()
+    log = pd.read_csv(tmp_path / "metrics" / "train_log_medrek.csv")
+    first, last = log["edit_rel"].head(8).mean(), log["edit_rel"].tail(8).mean()
+    assert last < first - 0.4, (first, last)
+    assert log["q1"].tail(8).mean() < log["q1"].head(8).mean()
+
+
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_lm, monkeypatch):
+    records, valid = _records(), _records(8, 100)
+    straight = Trainer(_config(), records, valid, tmp_path / "straight", lm=tiny_lm)
+    straight.train()
+
+    killed = Trainer(_config(), records, valid, tmp_path / "killed", lm=tiny_lm)
+    original = Trainer.compute_losses
+
+    def dies_at_step_5(self, batch):
+        if self.step == 4:  # computing step 5: the last checkpoint is step 4
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "compute_losses", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    monkeypatch.setattr(Trainer, "compute_losses", original)
+
+    resumed = Trainer(_config(), records, valid, tmp_path / "killed", lm=tiny_lm)
+    resumed.train(resume=True)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log_a = pd.read_csv(tmp_path / "straight" / "metrics" / "train_log_medrek.csv")
+    log_b = pd.read_csv(tmp_path / "killed" / "metrics" / "train_log_medrek.csv")
+    assert log_a["step"].tolist() == log_b["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert log_a["loss"].tolist() == log_b["loss"].tolist()
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_lm):
+    Trainer(_config(steps=2), _records(), _records(8, 100), tmp_path, lm=tiny_lm).train()
+    other = Trainer(_config(steps=4, lr_prompt=5e-3), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
+    with pytest.raises(CheckpointError, match=r"another training config \(lr_prompt: checkpoint 0.01 vs now 0.005"):
+        other.train(resume=True)
+    longer = Trainer(_config(steps=4), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
+    assert longer.train(resume=True)["steps"] == 4  # a longer schedule may continue a run
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=1)
