@@ -244,6 +244,7 @@ class Editor(nn.Module):
         self.encoder = encoder
         self.prompt_encoder = prompt_encoder
         self.memory = self.new_memory()
+        self._auto_ids = 0  # for requests without an id
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -294,7 +295,13 @@ class Editor(nn.Module):
         if isinstance(requests, (EditRecord, Mapping)):
             requests = [requests]
         reqs = [_as_request(r) for r in requests]
-        ids = [str(r.get("id", f"edit-{len(self.memory) + i}")) for i, r in enumerate(reqs)]
+        ids = []
+        for r in reqs:
+            if "id" in r:
+                ids.append(str(r["id"]))
+            else:
+                ids.append(f"edit-{self._auto_ids}")
+                self._auto_ids += 1
         for part in tqdm(list(_batches(len(reqs), batch_size)), desc="editing", disable=not progress):
             chunk = reqs[part]
             keys, prompts = self.encode_edits([r["prompt"] for r in chunk], [r["target_new"] for r in chunk])
@@ -403,7 +410,8 @@ class Editor(nn.Module):
         self.encoder.load_state_dict(enc, strict=False)
         self.prompt_encoder.load_state_dict({k[len("prompt_encoder."):]: v for k, v in tensors.items()
                                              if k.startswith("prompt_encoder.")})
-        self.encoder.clear_cache()
+        if self.config.train_backbone:  # cached features came from the old backbone
+            self.encoder.clear_cache()
         self.memory = self.new_memory()
 
     @classmethod

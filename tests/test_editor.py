@@ -150,3 +150,11 @@ def test_incompatible_checkpoints_are_refused(make_editor, tiny_lm, tmp_path):
     (tmp_path / "c" / "editor.safetensors").write_bytes(b"\x80\x04\x95pickled")
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         Editor.load(tmp_path / "c", lm=tiny_lm)
+
+
+def test_automatic_ids_never_clash_after_removal(make_editor):
+    editor = make_editor()
+    assert editor.edit([{"prompt": "a?", "target_new": "b"}, {"prompt": "c?", "target_new": "d"}]) == ["edit-0", "edit-1"]
+    editor.remove("edit-0")
+    assert editor.edit({"prompt": "e?", "target_new": "f"}) == ["edit-2"]
+    assert editor.memory.ids == ["edit-1", "edit-2"]

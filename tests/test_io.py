@@ -19,3 +19,8 @@ def test_write_json_is_byte_stable(tmp_path):
     write_json(a, {"b": 1, "a": [1, 2]})
     write_json(b, {"a": [1, 2], "b": 1})
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_written_files_are_world_readable(tmp_path):
+    path = write_text(tmp_path / "x.txt", "hi")
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -123,6 +123,7 @@ def _smollm2_fp32_dir() -> Path:
         delattr(model.config, "quantization_config")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

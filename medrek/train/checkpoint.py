@@ -58,6 +58,7 @@ def save_training_checkpoint(folder: str | os.PathLike[str], editor, optimizer: 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700
     try:
         editor.save(tmp)
         opt_tensors, opt_meta = optimizer_tensors(optimizer)

@@ -20,7 +20,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -234,12 +234,14 @@ class Trainer:
         fired = torch.ones(len(all_prompts), dtype=torch.bool, device=editor.model.device)
         logits = editor.model.forward_bucketed(pairs.input_ids, pairs.attention_mask, all_prompts, fired,
                                                positions, rows_per_chunk=cfg.rows_per_chunk)
-        rel, gen, loc = rows < B, (rows >= B) & (rows < 2 * B), rows >= 2 * B
+        rel, gen, loc = rows < B, (rows >= B) & (rows < 2 * B), rows >= 2 * B  # [N] masks
         out["edit_rel"] = losses.hinge_token_nll(logits[rel], labels[rel], cfg.edit_hinge)
         out["edit_gen"] = losses.hinge_token_nll(logits[gen], labels[gen], cfg.edit_hinge)
         pre = self._unedited_logits(pairs, positions, range(2 * B, (2 + n_probes) * B),
                                     list(zip(loc_prompts, loc_answers)))
-        out["locality"] = losses.locality_kl(pre, logits[loc]) * n_probes
+        post = logits[loc]
+        probe_of = (rows[loc] - 2 * B) // B  # which probe each locality position belongs to
+        out["locality"] = sum(losses.locality_kl(pre[probe_of == k], post[probe_of == k]) for k in range(n_probes))
         return out
 
     @torch.no_grad()
@@ -300,7 +302,6 @@ class Trainer:
 
     # ---- validation and checkpoints ----------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        self.editor.memory = self.editor.new_memory()  # the prototype changed since last time
         if self._valid_reference is None:
             self._valid_reference = unedited_locality_predictions(self.editor, self.valid_records)
         return evaluate_batch_edit(self.editor, self.valid_records, reference=self._valid_reference)
@@ -326,7 +327,6 @@ class Trainer:
         from safetensors.torch import load_file
 
         self.editor.load_weights(load_file(str(folder / "editor.safetensors")), str(folder / "editor.safetensors"))
-        self._precompute_features()
         restore_optimizer(self.optimizer, tensors, meta["optimizer"])
         self.generator.set_state(tensors["generator"])
         torch.set_rng_state(tensors["torch_rng"])
@@ -377,14 +377,6 @@ class Trainer:
         return {"steps": self.step, "seconds": round(elapsed, 2),
                 "samples_per_second": round(cfg.batch_size * done / elapsed, 3) if done else None,
                 "best_avg": self.best_avg if math.isfinite(self.best_avg) else None}
-
-
-def train_config_from_params(params: dict[str, Any], where: str) -> TrainConfig:
-    """A :class:`TrainConfig` from notebook parameters, refusing unknown names."""
-    from ..config import from_dict
-
-    names = {f.name for f in fields(TrainConfig)}
-    return from_dict(TrainConfig, {k: v for k, v in params.items() if k in names}, where)
 
 
 def read_training_logs(run_dir: str | os.PathLike[str], names: Sequence[str]) -> tuple["pd.DataFrame", "pd.DataFrame"]:
