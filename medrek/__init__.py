@@ -9,7 +9,8 @@ The public API::
 
 from .data import EditRecord, LocalityProbe, load_split
 from .editor import EditedModel, Editor, EditorConfig
-from .memory import CheckpointError, EditMemory, MemoryConfig
+from .io import CheckpointError
+from .memory import EditMemory, MemoryConfig
 from .methods import PRESETS, MethodPreset, get_preset
 from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig
 from .models.prompt import PromptEncoder, PromptEncoderConfig

@@ -11,21 +11,19 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .data.records import EditRecord
 from .evaluate.metrics import prediction_positions, teacher_forced_selected
-from .io import atomic_path, write_json
-from .memory import CheckpointError, EditMemory, Explanation, MemoryConfig, Retrieval
+from .io import CheckpointError, atomic_path, read_checkpoint_meta, read_tensors, write_json
+from .memory import EditMemory, Explanation, MemoryConfig, Retrieval
 from .methods import edit_text, get_preset
 from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig
 from .models.prompt import PromptEncoder, PromptEncoderConfig
@@ -420,20 +418,12 @@ class Editor(nn.Module):
         """Rebuild an editor from ``save``; the LM may be passed in to avoid reloading it."""
         folder = Path(folder)
         meta_path = folder / "editor.json"
-        try:
-            meta = json.loads(meta_path.read_text("utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{meta_path}: not a readable editor checkpoint ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{meta_path}: not a medrek editor checkpoint (expected format {FORMAT!r})")
+        meta = read_checkpoint_meta(meta_path, FORMAT, "editor checkpoint")
         editor = cls.build(EditorConfig(**meta["config"]), device=device, lm=lm, **overrides)
         if editor.model.hidden_size != meta["lm_hidden"]:
             raise CheckpointError(f"{meta_path}: trained for an LM of hidden size {meta['lm_hidden']}, "
                                   f"got {editor.model.hidden_size}")
-        try:
-            tensors = load_file(str(folder / "editor.safetensors"))
-        except Exception as exc:
-            raise CheckpointError(f"{folder / 'editor.safetensors'}: not a safetensors file ({exc})") from exc
+        tensors = read_tensors(folder / "editor.safetensors")
         editor.load_weights(tensors, str(folder / "editor.safetensors"))
         if with_memory:
             editor.memory = EditMemory.load(folder / "memory", key_dim=editor.config.key_dim,

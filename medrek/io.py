@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_bytes", "write_csv", "write_text", "write_json"]
+__all__ = ["CheckpointError", "atomic_path", "read_checkpoint_meta", "read_tensors", "write_bytes", "write_csv",
+           "write_text", "write_json"]
 
 
 @contextmanager
@@ -51,3 +52,30 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 def write_csv(path: str | os.PathLike[str], frame: Any, index: bool = False) -> Path:
     """Write a pandas DataFrame as CSV, atomically."""
     return write_text(path, frame.to_csv(index=index, lineterminator="\n"))
+
+
+class CheckpointError(ValueError):
+    """A saved file is not a kit checkpoint, or does not fit the model it is loaded for."""
+
+
+def read_checkpoint_meta(path: str | os.PathLike[str], expected_format: str, what: str) -> dict[str, Any]:
+    """The JSON half of a checkpoint; refuses unreadable files and foreign formats by name."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable {what} ({exc})") from exc
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != expected_format:
+        raise CheckpointError(f"{path}: not a medrek {what} (format {found!r}, expected {expected_format!r})")
+    return meta
+
+
+def read_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The tensor half of a checkpoint: safetensors only, never a pickle."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a safetensors file ({exc})") from exc

@@ -8,7 +8,6 @@ similarity. Otherwise nothing is retrieved and the LM runs exactly as unedited.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter
@@ -19,18 +18,14 @@ from typing import Any, Sequence
 import faiss
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .io import atomic_path, write_json
+from .io import CheckpointError, atomic_path, read_checkpoint_meta, read_tensors, write_json
 
 __all__ = ["MemoryConfig", "Retrieval", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS"]
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 FORMAT = "medrek.EditMemory/1"
-
-
-class CheckpointError(ValueError):
-    """A saved file is not a kit checkpoint, or does not fit the model it is loaded for."""
 
 
 @dataclass
@@ -228,20 +223,12 @@ class EditMemory:
         """Load a saved memory; optional expected sizes are checked against the file."""
         path = Path(path)
         meta_path, tensor_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
-        try:
-            meta = json.loads(meta_path.read_text("utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{meta_path}: not a readable edit-memory file ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{meta_path}: not a medrek edit memory (format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})")
+        meta = read_checkpoint_meta(meta_path, FORMAT, "edit memory")
         config = MemoryConfig(**meta["config"])
         for name, want in (("key_dim", key_dim), ("n_tokens", n_tokens), ("lm_hidden", lm_hidden)):
             if want is not None and getattr(config, name) != want:
                 raise CheckpointError(f"{meta_path}: {name} is {getattr(config, name)}, the model needs {want}")
-        try:
-            tensors = load_file(str(tensor_path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"{tensor_path}: not a safetensors file ({exc})") from exc
+        tensors = read_tensors(tensor_path)
         memory = cls(config, tensors["prototype_key"])
         n = len(meta["ids"])
         if tensors["keys"].shape != (n, config.key_dim) or tensors["prompts"].shape != (n, config.n_tokens, config.lm_hidden):

@@ -6,7 +6,7 @@ import torch
 from conftest import REQUESTS
 from medrek import Editor
 from medrek.editor import EditedModel, encode_pairs
-from medrek.memory import CheckpointError
+from medrek import CheckpointError
 
 PROMPTS = [r["prompt"] for r in REQUESTS]
 TARGETS = [r["target_new"] for r in REQUESTS]

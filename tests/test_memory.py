@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from medrek.memory import CheckpointError, EditMemory, MemoryConfig
+from medrek import CheckpointError, EditMemory, MemoryConfig
 
 
 def _memory(n=200, d=16, index="flat", seed=0, **kw):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from medrek.data import EditRecord, LocalityProbe
-from medrek.memory import CheckpointError
+from medrek import CheckpointError
 from medrek.train import Trainer, TrainConfig
 
 WORDS = ["aspirin", "insulin", "heparin", "digoxin", "morphine", "codeine", "atropine", "quinine",

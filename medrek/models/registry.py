@@ -141,6 +141,18 @@ def _resolve(name: str) -> str | Path:
     return name
 
 
+def _load_pretrained(name: str, auto_cls, kind: str, offline: str, **kwargs):
+    """A model and its tokenizer from an offline package, a local folder or a hub name."""
+    path = _resolve(name)
+    try:
+        return auto_cls.from_pretrained(path, **kwargs), AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not load {kind} {name!r} from {path}: {exc}. Pass a local folder, a hub "
+            f"name reachable from this machine, or one of: {offline}."
+        ) from exc
+
+
 def load_causal_lm(
     name: str, *, seed: int = 0, dtype: torch.dtype | str = torch.float32, device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -148,19 +160,12 @@ def load_causal_lm(
     if name == "tiny-llama":
         model, tokenizer = _tiny_llama(seed)
     else:
-        path = _resolve(name)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"could not load causal LM {name!r} from {path}: {exc}. Pass a local folder, a hub "
-                f"name reachable from this machine, or one of: tiny-llama, smollm2-135m."
-            ) from exc
+        model, tokenizer = _load_pretrained(name, AutoModelForCausalLM, "causal LM", "tiny-llama, smollm2-135m",
+                                            dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False)
-    return model.to(device).eval(), tokenizer
+    return model.to(device=device, dtype=dtype).eval(), tokenizer
 
 
 def load_encoder(
@@ -170,13 +175,5 @@ def load_encoder(
     if name == "tiny-bert":
         model, tokenizer = _tiny_bert(seed)
     else:
-        path = _resolve(name)
-        try:
-            model = AutoModel.from_pretrained(path)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"could not load encoder {name!r} from {path}: {exc}. Pass a local folder, a hub "
-                f"name reachable from this machine, or one of: tiny-bert, minilm-l6."
-            ) from exc
+        model, tokenizer = _load_pretrained(name, AutoModel, "encoder", "tiny-bert, minilm-l6")
     return model.to(device).eval(), tokenizer

@@ -9,7 +9,6 @@ leaves a half-written checkpoint. Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..io import write_json
-from ..memory import CheckpointError
+from ..io import read_checkpoint_meta, read_tensors, write_json
 
 __all__ = ["save_training_checkpoint", "load_training_state", "optimizer_tensors", "restore_optimizer"]
 
@@ -77,15 +75,5 @@ def save_training_checkpoint(folder: str | os.PathLike[str], editor, optimizer: 
 def load_training_state(folder: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read ``trainer.safetensors`` / ``trainer.json``; refuse anything that is not ours."""
     folder = Path(folder)
-    meta_path = folder / "trainer.json"
-    try:
-        meta = json.loads(meta_path.read_text("utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta_path}: not a readable training checkpoint ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: not a medrek training checkpoint (expected format {FORMAT!r})")
-    try:
-        tensors = load_file(str(folder / "trainer.safetensors"))
-    except Exception as exc:
-        raise CheckpointError(f"{folder / 'trainer.safetensors'}: not a safetensors file ({exc})") from exc
-    return tensors, meta
+    meta = read_checkpoint_meta(folder / "trainer.json", FORMAT, "training checkpoint")
+    return read_tensors(folder / "trainer.safetensors"), meta

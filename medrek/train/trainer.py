@@ -24,13 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import pandas as pd
 import torch
 
 from ..data.records import EditRecord
 from ..editor import Editor, EditorConfig, encode_pairs
 from ..evaluate.editing import evaluate_batch_edit, unedited_locality_predictions
 from ..evaluate.metrics import prediction_positions
-from ..memory import CheckpointError
+from ..io import CheckpointError, read_tensors
 from ..methods import edit_text
 from . import losses
 from .checkpoint import load_training_state, restore_optimizer, save_training_checkpoint
@@ -324,9 +325,7 @@ class Trainer:
         if diff:
             details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {ours[k]!r}" for k in diff[:5])
             raise CheckpointError(f"{folder}: checkpoint from another training config ({details})")
-        from safetensors.torch import load_file
-
-        self.editor.load_weights(load_file(str(folder / "editor.safetensors")), str(folder / "editor.safetensors"))
+        self.editor.load_weights(read_tensors(folder / "editor.safetensors"), str(folder / "editor.safetensors"))
         restore_optimizer(self.optimizer, tensors, meta["optimizer"])
         self.generator.set_state(tensors["generator"])
         torch.set_rng_state(tensors["torch_rng"])
@@ -379,10 +378,8 @@ class Trainer:
                 "best_avg": self.best_avg if math.isfinite(self.best_avg) else None}
 
 
-def read_training_logs(run_dir: str | os.PathLike[str], names: Sequence[str]) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+def read_training_logs(run_dir: str | os.PathLike[str], names: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tidy tables of the logged loss terms (method, step, term, value) and validation metrics."""
-    import pandas as pd
-
     metrics = Path(run_dir) / "metrics"
     logs, valids = [], []
     for name in names:
