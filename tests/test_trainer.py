@@ -1,3 +1,5 @@
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -98,3 +100,21 @@ def test_bad_configs_are_refused():
         TrainConfig(schedule="linear")
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=1)
+
+
+def test_several_named_locality_probes_medcf_style(tmp_path, tiny_lm):
+    def with_probes(records):
+        return [dataclasses.replace(r, locality={"target": r.locality["locality"],
+                                                 "mapping": LocalityProbe(f"What does drug {i} treat?", "pain")})
+                for i, r in enumerate(records)]
+
+    trainer = Trainer(_config(steps=2, eval_every=2), with_probes(_records()), with_probes(_records(8, 100)),
+                      tmp_path, lm=tiny_lm)
+    terms = trainer.compute_losses(trainer.train_records[:4])
+    assert set(terms) == {"q1", "q2", "q3", "edit_rel", "edit_gen", "locality"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    trainer.train()
+    valid = pd.read_csv(tmp_path / "metrics" / "train_valid_medrek.csv")
+    assert {"locality/target", "locality/mapping", "locality"} <= set(valid["metric"])
+    final = valid[valid["step"] == 2].set_index("metric")["value"]
+    assert final["locality"] == pytest.approx((final["locality/target"] + final["locality/mapping"]) / 2, abs=1e-5)
