@@ -281,8 +281,16 @@ class Editor(nn.Module):
             values = self.encoder.knowledge_head(self.encoder.pool(tokens))
         else:
             values = self.encoder.knowledge(texts)
-        keys = self.encoder.query(prompts) if self.preset.shared_query_key else values
-        return keys, self.prompt_encoder(values, tokens)
+        return self.edit_keys(prompts, targets, values), self.prompt_encoder(values, tokens)
+
+    def edit_keys(self, prompts: Sequence[str], targets: Sequence[str],
+                  values: torch.Tensor | None = None) -> torch.Tensor:
+        """Keys [N, d]: q(prompt) with shared query-key space, else k(prompt + target) (= the values)."""
+        if self.preset.shared_query_key:
+            return self.encoder.query(list(prompts))
+        if values is None:
+            values = self.encoder.knowledge([edit_text(p, t) for p, t in zip(prompts, targets)])
+        return values
 
     @torch.no_grad()
     def edit(self, requests: EditRecord | Mapping[str, Any] | Sequence[EditRecord | Mapping[str, Any]],

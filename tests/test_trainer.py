@@ -58,12 +58,13 @@ def test_training_lowers_the_edit_loss(tmp_path, tiny_lm):
     assert log["q1"].tail(8).mean() < log["q1"].head(8).mean()
 
 
-def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_lm, monkeypatch):
+@pytest.mark.parametrize("retrieval_steps", [0, 2])
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_lm, monkeypatch, retrieval_steps):
     records, valid = _records(), _records(8, 100)
-    straight = Trainer(_config(), records, valid, tmp_path / "straight", lm=tiny_lm)
+    straight = Trainer(_config(retrieval_steps=retrieval_steps), records, valid, tmp_path / "straight", lm=tiny_lm)
     straight.train()
 
-    killed = Trainer(_config(), records, valid, tmp_path / "killed", lm=tiny_lm)
+    killed = Trainer(_config(retrieval_steps=retrieval_steps), records, valid, tmp_path / "killed", lm=tiny_lm)
     original = Trainer.compute_losses
 
     def dies_at_step_5(self, batch):
@@ -76,7 +77,7 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_lm, monkeypat
         killed.train()
     monkeypatch.setattr(Trainer, "compute_losses", original)
 
-    resumed = Trainer(_config(), records, valid, tmp_path / "killed", lm=tiny_lm)
+    resumed = Trainer(_config(retrieval_steps=retrieval_steps), records, valid, tmp_path / "killed", lm=tiny_lm)
     resumed.train(resume=True)
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -118,3 +119,13 @@ def test_several_named_locality_probes_medcf_style(tmp_path, tiny_lm):
     assert {"locality/target", "locality/mapping", "locality"} <= set(valid["metric"])
     final = valid[valid["step"] == 2].set_index("metric")["value"]
     assert final["locality"] == pytest.approx((final["locality/target"] + final["locality/mapping"]) / 2, abs=1e-5)
+
+
+def test_retrieval_steps_train_the_heads_and_leave_the_prompt_encoder(tmp_path, tiny_lm):
+    trainer = Trainer(_config(steps=1, retrieval_steps=0), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
+    before = {k: v.clone() for k, v in trainer.editor.trainable_state_dict().items()}
+    trainer._retrieval_step()
+    after = trainer.editor.trainable_state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("encoder.query_head") for k in changed)
+    assert not any(k.startswith("prompt_encoder.") for k in changed)

@@ -66,6 +66,7 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine (after warm-up)
     grad_clip: float | None = None
     rows_per_chunk: int = 8  # LM rows per length-sorted forward chunk (less padding; same result)
+    retrieval_steps: int = 0  # extra optimizer steps on q1 + q2 + q3 alone after each full step
     # objective (the paper: every weight 1, hinge scales 1.2, temperatures 1)
     weight_q1: float = 1.0
     weight_q2: float = 1.0
@@ -145,6 +146,7 @@ class Trainer:
             {"params": list(self.editor.prompt_encoder.parameters()), "lr": config.lr_prompt},
         ])
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.retrieval_generator = torch.Generator().manual_seed(config.seed + 2)
         self.step = 0
         self.position = 0  # index into the current epoch's permutation
         self.epoch = 0
@@ -200,14 +202,19 @@ class Trainer:
     # ---- the objective -------------------------------------------------------------------------
     def compute_losses(self, batch: Sequence[EditRecord]) -> dict[str, torch.Tensor]:
         """Every loss term for one batch (each a scalar tensor attached to the graph)."""
+        keys, prompt_tokens = self.editor.encode_edits([r.prompt for r in batch], [r.target_new for r in batch])
+        out = self.retrieval_losses(batch, keys, self.generator)
+        out.update(self.edit_losses(batch, prompt_tokens))
+        return out
+
+    def retrieval_losses(self, batch: Sequence[EditRecord], keys: torch.Tensor,
+                         generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """q1, q2, q3 for a batch with edit keys [B, d] (only the heads and prototype are involved)."""
         cfg, editor = self.config, self.editor
         prompts = [r.prompt for r in batch]
         rephrases = [r.rephrase for r in batch]
-        targets = [r.target_new for r in batch]
-        keys, prompt_tokens = editor.encode_edits(prompts, targets)  # [B, d], [B, T, H]
         proto = editor.encoder.prototype_key()  # [d]
-
-        pick = torch.randint(0, 2, (len(batch),), generator=self.generator)
+        pick = torch.randint(0, 2, (len(batch),), generator=generator)
         q1_texts = [(p, r)[int(c)] for p, r, c in zip(prompts, rephrases, pick)]
         q2_texts = [(r, p)[int(c)] for p, r, c in zip(prompts, rephrases, pick)]
         out = {
@@ -221,9 +228,20 @@ class Trainer:
                                cfg.temperature_query_prototype, cfg.contrastive_hinge)
             for n in probe_names
         )
+        return out
 
-        # One LM forward for all rows: prompt+target, rephrase+target, each locality probe.
+    def edit_losses(self, batch: Sequence[EditRecord], prompt_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """edit_rel, edit_gen and locality with the batch's prompt tokens [B, T, H] prepended.
+
+        One LM pass for all rows: prompt+target, rephrase+target, each locality probe.
+        """
+        cfg, editor = self.config, self.editor
+        prompts = [r.prompt for r in batch]
+        rephrases = [r.rephrase for r in batch]
+        targets = [r.target_new for r in batch]
+        probe_names = list(batch[0].locality)
         B, n_probes = len(batch), len(probe_names)
+        out = {}
         loc_prompts = [r.locality[n].prompt for n in probe_names for r in batch]
         loc_answers = [r.locality[n].answer for n in probe_names for r in batch]
         pairs = encode_pairs(editor.model.tokenizer, prompts + rephrases + loc_prompts,
@@ -295,11 +313,32 @@ class Trainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.optimizer.step()
+        for _ in range(self.config.retrieval_steps):
+            self._retrieval_step()
         self.step += 1
         row = {"step": self.step, "epoch": self.epoch, "loss": float(total.detach())}
         row.update({k: float(v.detach()) for k, v in terms.items()})
         row.update({"lr_encoder": base[0] * factor, "lr_prompt": base[1] * factor})
         return row
+
+    def _retrieval_step(self) -> None:
+        """One optimizer step on the retrieval terms alone, for a random batch.
+
+        With a frozen encoder these terms only involve the heads over cached features (and the
+        prototype through the encoder body), so a step costs milliseconds, not an LM pass.
+        The prompt encoder gets no gradient and Adam leaves it untouched.
+        """
+        rows = torch.randperm(len(self.train_records), generator=self.retrieval_generator)[: self.config.batch_size]
+        batch = [self.train_records[int(i)] for i in rows]
+        keys = self.editor.edit_keys([r.prompt for r in batch], [r.target_new for r in batch])
+        terms = self.retrieval_losses(batch, keys, self.retrieval_generator)
+        weights = self._weights()
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(weights[k] * v for k, v in terms.items()).backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           self.config.grad_clip)
+        self.optimizer.step()
 
     # ---- validation and checkpoints ----------------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -308,8 +347,8 @@ class Trainer:
         return evaluate_batch_edit(self.editor, self.valid_records, reference=self._valid_reference)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state(), "permutation": self.permutation,
-                "torch_rng": torch.get_rng_state()}
+        return {"generator": self.generator.get_state(), "retrieval_generator": self.retrieval_generator.get_state(),
+                "permutation": self.permutation, "torch_rng": torch.get_rng_state()}
 
     def save_checkpoint(self, folder: Path) -> None:
         meta = {"config": asdict(self.config), "step": self.step, "epoch": self.epoch,
@@ -328,6 +367,7 @@ class Trainer:
         self.editor.load_weights(read_tensors(folder / "editor.safetensors"), str(folder / "editor.safetensors"))
         restore_optimizer(self.optimizer, tensors, meta["optimizer"])
         self.generator.set_state(tensors["generator"])
+        self.retrieval_generator.set_state(tensors["retrieval_generator"])
         torch.set_rng_state(tensors["torch_rng"])
         self.permutation = tensors["permutation"]
         self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
