@@ -129,3 +129,14 @@ def test_retrieval_steps_train_the_heads_and_leave_the_prompt_encoder(tmp_path, 
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("encoder.query_head") for k in changed)
     assert not any(k.startswith("prompt_encoder.") for k in changed)
+
+
+def test_checkpoint_without_a_newer_config_field_resumes_with_its_default(tmp_path, tiny_lm):
+    import json
+
+    Trainer(_config(steps=2), _records(), _records(8, 100), tmp_path, lm=tiny_lm).train()
+    meta_path = tmp_path / "checkpoints" / "medrek" / "last" / "trainer.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["retrieval_steps"]  # as written before the field existed
+    meta_path.write_text(json.dumps(meta))
+    assert Trainer(_config(steps=3), _records(), _records(8, 100), tmp_path, lm=tiny_lm).train(resume=True)["steps"] == 3

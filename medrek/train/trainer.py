@@ -358,9 +358,10 @@ class Trainer:
     def resume_from(self, folder: Path) -> None:
         """Restore weights, optimizer, RNG and data position from a checkpoint of the same config."""
         tensors, meta = load_training_state(folder)
-        saved = meta["config"]
+        defaults = asdict(TrainConfig())  # a key newer than the checkpoint counts as its default
+        saved = {**defaults, **meta["config"]}
         ours = asdict(self.config)
-        diff = sorted(k for k in ours if k not in RESUMABLE_CHANGES and saved.get(k) != ours[k])
+        diff = sorted(k for k in ours if k not in RESUMABLE_CHANGES and saved[k] != ours[k])
         if diff:
             details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {ours[k]!r}" for k in diff[:5])
             raise CheckpointError(f"{folder}: checkpoint from another training config ({details})")
