@@ -139,4 +139,10 @@ def test_checkpoint_without_a_newer_config_field_resumes_with_its_default(tmp_pa
     meta = json.loads(meta_path.read_text())
     del meta["config"]["retrieval_steps"]  # as written before the field existed
     meta_path.write_text(json.dumps(meta))
+    from safetensors.torch import load_file, save_file
+
+    tensors_path = meta_path.with_name("trainer.safetensors")
+    tensors = load_file(str(tensors_path))
+    del tensors["retrieval_generator"]
+    save_file(tensors, str(tensors_path))
     assert Trainer(_config(steps=3), _records(), _records(8, 100), tmp_path, lm=tiny_lm).train(resume=True)["steps"] == 3

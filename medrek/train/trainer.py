@@ -368,7 +368,8 @@ class Trainer:
         self.editor.load_weights(read_tensors(folder / "editor.safetensors"), str(folder / "editor.safetensors"))
         restore_optimizer(self.optimizer, tensors, meta["optimizer"])
         self.generator.set_state(tensors["generator"])
-        self.retrieval_generator.set_state(tensors["retrieval_generator"])
+        if "retrieval_generator" in tensors:  # absent before retrieval_steps existed: never advanced
+            self.retrieval_generator.set_state(tensors["retrieval_generator"])
         torch.set_rng_state(tensors["torch_rng"])
         self.permutation = tensors["permutation"]
         self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
