@@ -131,6 +131,7 @@ class EditedModel(nn.Module):
                       "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
         else:
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        inputs["use_cache"] = False  # one full pass: a KV cache would only cost copies
         skip = prompts.shape[1] if use else 0
         if positions is not None and self._plain_head:
             hidden = self.lm.get_decoder()(**inputs).last_hidden_state[:, skip:]  # [B, L, H]
@@ -164,7 +165,8 @@ class EditedModel(nn.Module):
         """Unedited final hidden states [N, H] at ``positions`` (``project`` turns them into logits)."""
         if not self._plain_head:
             raise NotImplementedError("this LM's logits are not a plain projection of its hidden states")
-        return self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[positions]
+        out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state[positions]
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states [..., H] -> logits [..., V]."""
