@@ -14,20 +14,18 @@ A params file looks like::
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["ParamsError", "Params", "load_params", "check_keys", "from_dict"]
+__all__ = ["ParamsError", "Params", "load_params", "check_keys"]
 
 COMMON_KEYS = ("data_dir", "run_dir", "seed")
 TOP_LEVEL_KEYS = ("name", "data_dir", "seed", "notebooks")
-T = TypeVar("T")
 
 
 class ParamsError(ValueError):
@@ -42,13 +40,6 @@ def check_keys(given: Iterable[str], allowed: Iterable[str], where: str) -> None
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ParamsError(f"{where}: unknown parameter '{key}'{hint}; known: {', '.join(sorted(allowed))}")
-
-
-def from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys."""
-    values = dict(values or {})
-    check_keys(values, [f.name for f in dataclasses.fields(cls)], where)  # type: ignore[arg-type]
-    return cls(**values)
 
 
 @dataclass
