@@ -11,10 +11,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -29,7 +30,8 @@ from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig
 from .models.prompt import PromptEncoder, PromptEncoderConfig
 from .models.registry import load_causal_lm, load_encoder
 
-__all__ = ["EditorConfig", "EditedModel", "Editor", "PairBatch", "ScoreResult", "encode_pairs"]
+__all__ = ["EditorConfig", "EditedModel", "Editor", "PairBatch", "RowPrompts", "ScoreResult", "encode_pairs",
+           "score_pairs"]
 
 FORMAT = "medrek.Editor/1"
 
@@ -215,8 +217,53 @@ class ScoreResult:
     accuracy: torch.Tensor  # [N] fraction of target tokens predicted by argmax
     nll: torch.Tensor  # [N] mean token negative log-likelihood
     fired: torch.Tensor  # [N] bool, whether an edit was retrieved for the query
-    retrieved_ids: list[str | None] = field(default_factory=list)
+    retrieved_ids: list[str | None] = field(default_factory=list)  # the edit that fired, else None
     predictions: list[torch.Tensor] = field(default_factory=list)  # argmax ids at target positions
+    margins: torch.Tensor | None = None  # [N] top-1 score minus prototype score (NaN: empty memory)
+
+
+@dataclass
+class RowPrompts:
+    """What retrieval gives a chunk of rows: prompt tokens, fired mask, top-1 ids, margins."""
+
+    prompts: torch.Tensor | None = None  # [B, T, H]
+    fired: torch.Tensor | None = None  # [B] bool
+    ids: list[str | None] | None = None
+    margins: torch.Tensor | None = None  # [B]
+
+
+@torch.no_grad()
+def score_pairs(model: "EditedModel", prompts: Sequence[str], targets: Sequence[str],
+                retrieve: Callable[[list[int]], RowPrompts] | None = None, batch_size: int = 32) -> ScoreResult:
+    """Teacher-forced scores of (prompt, target) pairs in length-sorted batches.
+
+    ``retrieve(indices)`` gives the prompt tokens for those rows (none: the plain LM, which is
+    also how parameter-editing baselines are scored). Results come back in input order.
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]) + len(targets[i]), i))
+    acc, nll, fired_all, ids_all, preds, margins = [], [], [], [], [], []
+    for part in _batches(len(order), batch_size):
+        idx = order[part]
+        batch = encode_pairs(model.tokenizer, [prompts[i] for i in idx], [targets[i] for i in idx]).to(model.device)
+        rp = retrieve(idx) if retrieve is not None else RowPrompts()
+        positions = prediction_positions(batch.target_mask)
+        logits = model(batch.input_ids, batch.attention_mask, rp.prompts, rp.fired, positions=positions)  # [N, V]
+        labels = batch.input_ids[:, 1:][batch.target_mask[:, 1:]]
+        tf = teacher_forced_selected(logits, labels, positions.nonzero()[:, 0], len(idx))
+        acc.append(tf.accuracy)
+        nll.append(tf.nll)
+        preds += tf.predictions
+        fired_all.append(rp.fired.cpu() if rp.fired is not None else torch.zeros(len(idx), dtype=torch.bool))
+        ids_all += rp.ids if rp.ids is not None else [None] * len(idx)
+        margins.append(rp.margins.cpu().float() if rp.margins is not None else torch.full((len(idx),), math.nan))
+    if not order:
+        empty = torch.zeros(0)
+        return ScoreResult(empty, empty.clone(), torch.zeros(0, dtype=torch.bool), [], [], empty.clone())
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return ScoreResult(torch.cat(acc).cpu()[inverse], torch.cat(nll).cpu()[inverse], torch.cat(fired_all)[inverse],
+                       [ids_all[i] for i in inverse], [preds[i] for i in inverse], torch.cat(margins)[inverse])
 
 
 def _as_request(item: EditRecord | Mapping[str, Any]) -> dict[str, Any]:
@@ -349,26 +396,15 @@ class Editor(nn.Module):
         unedited LM through the same code path.
         """
         queries = list(queries) if queries is not None else list(prompts)
-        # batch similar lengths together (less padding), then restore the input order
-        order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]) + len(targets[i]), i))
-        acc, nll, fired_all, ids_all, preds = [], [], [], [], []
-        for part in _batches(len(order), batch_size):
-            idx = order[part]
-            batch = encode_pairs(self.model.tokenizer, [prompts[i] for i in idx],
-                                 [targets[i] for i in idx]).to(self.model.device)
+
+        def retrieve(idx: list[int]) -> RowPrompts:
             p, fired, r = self._prompts([queries[i] for i in idx], use_memory)
-            positions = prediction_positions(batch.target_mask)
-            logits = self.model(batch.input_ids, batch.attention_mask, p, fired, positions=positions)  # [N, V]
-            labels = batch.input_ids[:, 1:][batch.target_mask[:, 1:]]
-            tf = teacher_forced_selected(logits, labels, positions.nonzero()[:, 0], len(idx))
-            acc.append(tf.accuracy)
-            nll.append(tf.nll)
-            preds += tf.predictions
-            fired_all.append(fired.cpu() if fired is not None else torch.zeros(len(idx), dtype=torch.bool))
-            ids_all += [self.memory.ids[int(k)] if k >= 0 else None for k in r.rows] if r is not None else [None] * len(idx)
-        inverse = sorted(range(len(order)), key=order.__getitem__)
-        return ScoreResult(torch.cat(acc).cpu()[inverse], torch.cat(nll).cpu()[inverse], torch.cat(fired_all)[inverse],
-                           [ids_all[i] for i in inverse], [preds[i] for i in inverse])
+            if r is None:
+                return RowPrompts()
+            ids = [self.memory.ids[int(k)] if k >= 0 else None for k in r.rows]
+            return RowPrompts(p, fired, ids, r.scores - r.prototype_scores)
+
+        return score_pairs(self.model, prompts, targets, retrieve, batch_size)
 
     @torch.no_grad()
     def generate(self, texts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16,

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["CheckpointError", "atomic_path", "read_checkpoint_meta", "read_tensors", "write_bytes", "write_csv",
+__all__ = ["CheckpointError", "atomic_path", "read_checkpoint_meta", "read_json", "read_tensors", "write_bytes", "write_csv",
            "write_text", "write_json"]
 
 
@@ -42,6 +42,15 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file; a malformed file is reported with its path, line and column."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:

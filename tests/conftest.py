@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from medrek.data.records import EditRecord, LocalityProbe
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -59,3 +61,13 @@ REQUESTS = [
     {"id": "insulin", "prompt": "Who discovered insulin?", "target_new": "Banting"},
     {"id": "scurvy", "prompt": "Which vitamin prevents scurvy?", "target_new": "Vitamin C"},
 ]
+
+
+QUESTIONS = ["What treats asthma?", "Who found insulin?", "What prevents scurvy?", "What causes gout?",
+             "Which nerve is cut?", "What lowers fever?", "Which gland makes TSH?"]
+
+
+def make_records(n: int = 7) -> list[EditRecord]:
+    return [EditRecord(f"r{i}", q, f"answer {i}", "old", (f"Tell me: {q.lower()}",), f"subject{i % 2}",
+                       {"locality": LocalityProbe(f"Unrelated question {i}?", f"reply {i}")})
+            for i, q in enumerate(QUESTIONS[:n])]

@@ -1,5 +1,7 @@
 """Metric functions on hand-built logits: padding, multi-token targets, locality agreement."""
 
+import math
+
 import pytest
 import torch
 
@@ -46,3 +48,18 @@ def test_locality_agreement_and_avg():
     with pytest.raises(ValueError, match="positions"):
         agreement(before, [torch.tensor([1, 2]), torch.tensor([4])])
     assert avg_score(0.8, 0.6, 0.9) == pytest.approx(0.8)
+
+
+def test_ngram_entropy_on_known_strings():
+    from medrek.evaluate import fluency, ngram_entropy
+
+    # bigrams ab, ba, ab -> H = h(1/3) bits; trigrams aba, bab -> 1 bit; weights 2/3 and 4/3
+    h = -(2 / 3) * math.log2(2 / 3) - (1 / 3) * math.log2(1 / 3)
+    assert ngram_entropy("a b a b") == pytest.approx((2 / 3 * h + 4 / 3 * 1.0) / 2)
+    assert ngram_entropy("the the the the the") == 0.0  # degenerate repetition
+    assert ngram_entropy("") == 0.0 and ngram_entropy("one") == 0.0
+    assert ngram_entropy("Fever, cough.") == ngram_entropy("Fever , cough .")  # punctuation is a word
+    varied = "insulin lowers blood glucose by moving it into muscle and fat cells"
+    assert fluency([varied, "the the the the"]) == pytest.approx(ngram_entropy(varied) / 2)
+    with pytest.raises(ValueError):
+        fluency([])

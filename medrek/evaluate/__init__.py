@@ -1,6 +1,9 @@
-"""Metrics and evaluation protocols."""
+"""Metrics, editing protocols and the tidy results table."""
 
-from .editing import evaluate_batch_edit
-from .metrics import agreement, avg_score, teacher_forced
+from .metrics import agreement, avg_score, fluency, ngram_entropy, teacher_forced
+from .protocols import Protocol, ResumeError, plan, run_protocol, summarise, unedited_locality_predictions
+from .results import read_results, upsert_results
 
-__all__ = ["agreement", "avg_score", "evaluate_batch_edit", "teacher_forced"]
+__all__ = ["Protocol", "ResumeError", "agreement", "avg_score", "fluency", "ngram_entropy", "plan",
+           "read_results", "run_protocol", "summarise", "teacher_forced", "unedited_locality_predictions",
+           "upsert_results"]

@@ -4,7 +4,10 @@
   fraction of target positions where the argmax equals the target token;
 * locality: fraction of the locality answer's positions where the post-edit argmax equals the
   pre-edit argmax;
-* Avg = (mean(efficacy, generality) + locality) / 2.
+* Avg = (mean(efficacy, generality) + locality) / 2;
+* fluency: weighted bi/tri-gram entropy (weights 2/3 and 4/3, bits) of generated text, as in
+  the ROME/EasyEdit code. Words come from a regular expression instead of NLTK's punkt model
+  (which needs a download); on plain English the two agree except for contractions.
 
 All metrics are fractions in [0, 1]; tables that follow the official code multiply by 100 and
 say so.
@@ -12,12 +15,17 @@ say so.
 
 from __future__ import annotations
 
+import math
+import re
+from collections import Counter
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TeacherForced", "prediction_positions", "teacher_forced", "teacher_forced_selected", "agreement", "avg_score"]
+__all__ = ["TeacherForced", "prediction_positions", "teacher_forced", "teacher_forced_selected", "agreement", "avg_score",
+           "ngram_entropy", "fluency"]
 
 
 @dataclass
@@ -77,3 +85,25 @@ def agreement(before: list[torch.Tensor], after: list[torch.Tensor]) -> torch.Te
 def avg_score(efficacy: float, generality: float, locality: float) -> float:
     """The paper's Avg: (mean(efficacy, generality) + locality) / 2."""
     return ((efficacy + generality) / 2 + locality) / 2
+
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """Weighted mean of the n-gram entropies (bits) of ``text``'s words; 0 for empty text."""
+    words = _WORD.findall(text)
+    entropies = []
+    for n, w in zip(ns, weights):
+        counts = Counter(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
+        total = sum(counts.values())
+        h = -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
+        entropies.append(w * h)
+    return sum(entropies) / len(entropies)
+
+
+def fluency(texts: Sequence[str]) -> float:
+    """Mean :func:`ngram_entropy` over generated texts (the paper's Fluency, unscaled)."""
+    if not texts:
+        raise ValueError("fluency needs at least one generated text")
+    return sum(ngram_entropy(t) for t in texts) / len(texts)

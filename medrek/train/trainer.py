@@ -343,7 +343,7 @@ class Trainer:
     # ---- validation and checkpoints ----------------------------------------------------------------
     def validate(self) -> dict[str, float]:
         if self._valid_reference is None:
-            self._valid_reference = unedited_locality_predictions(self.editor, self.valid_records)
+            self._valid_reference = unedited_locality_predictions(self.editor.model, self.valid_records)
         return evaluate_batch_edit(self.editor, self.valid_records, reference=self._valid_reference)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,66 @@
+"""Every method the kit evaluates, behind one interface (:class:`EditMethod`).
+
+``build_method(name, ...)`` makes any of: ``unedited``; the retrieval editors ``medrek``,
+``recipe``, ``medrek-no-shared-qk``, ``medrek-no-attention``, ``token_attention`` (from a
+trained checkpoint); ``ike`` (in-context editing with a trained retriever); and the
+parameter-editing baselines ``ft-l`` and ``memit``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from typing import Any, Mapping, Sequence
+
+from ..editor import EditedModel, Editor
+from ..methods import PRESETS
+from .base import EditMethod, ParameterEditingMethod, RetrievalMethod, UneditedMethod
+from .ft import FTConfig, FTLMethod
+from .ike import InContextMethod
+from .memit import MEMITConfig, MEMITMethod
+
+__all__ = ["EditMethod", "ParameterEditingMethod", "RetrievalMethod", "UneditedMethod", "FTConfig", "FTLMethod",
+           "InContextMethod", "MEMITConfig", "MEMITMethod", "METHODS", "build_method", "config_from"]
+
+METHODS = ("unedited", *PRESETS, "ike", "ft-l", "memit")
+
+
+def config_from(cls, values: Mapping[str, Any] | None, where: str):
+    """A dataclass config from a params mapping; unknown keys are refused by name."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def build_method(name: str, lm: tuple[Any, Any], *, checkpoints: Mapping[str, str | os.PathLike[str]] | None = None,
+                 ike_retriever: str = "medrek", ft: Mapping[str, Any] | None = None,
+                 memit: Mapping[str, Any] | None = None, memit_texts: Sequence[str] = (), lm_name: str = "lm",
+                 cache_dir: str | os.PathLike[str] | None = None, device: str = "cpu") -> EditMethod:
+    """Build method ``name`` on the loaded ``lm`` (model, tokenizer), shared by all methods.
+
+    ``checkpoints`` maps a retrieval method's name to its trained editor folder
+    (``Editor.save``); ``ike`` uses the one of ``ike_retriever``.
+    """
+    checkpoints = dict(checkpoints or {})
+
+    def editor(method: str) -> Editor:
+        if method not in checkpoints:
+            raise ValueError(f"method {name!r} needs a trained {method!r} editor: none given in checkpoints "
+                             f"(have {sorted(checkpoints)})")
+        return Editor.load(checkpoints[method], lm=lm, device=device)
+
+    if name == "unedited":
+        return UneditedMethod(EditedModel(*lm))
+    if name in PRESETS:
+        return RetrievalMethod(editor(name), name)
+    if name == "ike":
+        return InContextMethod(editor(ike_retriever))
+    if name == "ft-l":
+        return FTLMethod(EditedModel(*lm), config_from(FTConfig, ft, "ft-l settings"))
+    if name == "memit":
+        return MEMITMethod(EditedModel(*lm), memit_texts, config_from(MEMITConfig, memit, "memit settings"),
+                           lm_name=lm_name, cache_dir=cache_dir)
+    raise ValueError(f"unknown method {name!r}; expected one of {list(METHODS)}")

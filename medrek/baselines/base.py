@@ -1,0 +1,116 @@
+"""One interface for every editing method the kit evaluates.
+
+An :class:`EditMethod` takes edits (``edit``), answers teacher-forced and generation queries
+with them in place (``score``, ``generate``) and forgets them (``restore``). Retrieval
+editors (MedREK, RECIPE, ablations) wrap an :class:`~medrek.editor.Editor`; parameter
+editors (FT-L, MEMIT) change LM weights and put back the saved originals bit for bit.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..data.records import EditRecord
+from ..editor import EditedModel, Editor, ScoreResult, score_pairs
+
+__all__ = ["EditMethod", "RetrievalMethod", "UneditedMethod", "ParameterEditingMethod", "generate_plain"]
+
+
+@torch.no_grad()
+def generate_plain(model: EditedModel, texts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
+                   **kwargs: Any) -> list[str]:
+    """Continue ``texts`` with the (possibly weight-edited) LM, no prompt tokens."""
+    tok, out = model.tokenizer, []
+    kwargs.setdefault("do_sample", False)
+    for start in range(0, len(texts), batch_size):
+        batch = tok(list(texts[start: start + batch_size]), return_tensors="pt", padding=True,
+                    padding_side="left").to(model.device)
+        new = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, **kwargs)
+        out += tok.batch_decode(new, skip_special_tokens=True)
+    return out
+
+
+class EditMethod(ABC):
+    """Edit, evaluate, restore. ``stateless`` methods ignore edits (the unedited LM)."""
+
+    name: str = "method"
+    stateless: bool = False
+    retrieval: bool = False  # whether scores carry retrieval diagnostics
+
+    def __init__(self, model: EditedModel) -> None:
+        self.model = model
+
+    @abstractmethod
+    def edit(self, records: Sequence[EditRecord]) -> None:
+        """Apply edits on top of the ones already applied."""
+
+    @abstractmethod
+    def restore(self) -> None:
+        """Forget every edit: the LM answers exactly as before the first ``edit``."""
+
+    def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> ScoreResult:
+        return score_pairs(self.model, prompts, targets, None, batch_size)
+
+    def generate(self, texts: Sequence[str], max_new_tokens: int = 32, **kwargs: Any) -> list[str]:
+        return generate_plain(self.model, texts, max_new_tokens, **kwargs)
+
+
+class UneditedMethod(EditMethod):
+    """The base LM: edits are ignored (the reference row of every table)."""
+
+    name = "unedited"
+    stateless = True
+
+    def edit(self, records: Sequence[EditRecord]) -> None:
+        pass
+
+    def restore(self) -> None:
+        pass
+
+
+class RetrievalMethod(EditMethod):
+    """A trained :class:`Editor` (medrek, recipe, the ablations, token_attention)."""
+
+    retrieval = True
+
+    def __init__(self, editor: Editor, name: str | None = None) -> None:
+        super().__init__(editor.model)
+        self.editor = editor
+        self.name = name or editor.config.method
+
+    def edit(self, records: Sequence[EditRecord]) -> None:
+        self.editor.edit(list(records), batch_size=128)
+
+    def restore(self) -> None:
+        self.editor.clear()
+
+    def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> ScoreResult:
+        return self.editor.score(prompts, targets, batch_size=batch_size)
+
+    def generate(self, texts: Sequence[str], max_new_tokens: int = 32, **kwargs: Any) -> list[str]:
+        return self.editor.generate(texts, max_new_tokens=max_new_tokens, **kwargs)
+
+
+class ParameterEditingMethod(EditMethod):
+    """Base for methods that rewrite LM weights: originals are saved on first touch and
+    copied back by ``restore`` (bit-exact)."""
+
+    def __init__(self, model: EditedModel) -> None:
+        super().__init__(model)
+        self._originals: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}
+
+    def _touch(self, name: str, param: nn.Parameter) -> nn.Parameter:
+        """Remember ``param``'s current value before it is first changed."""
+        if name not in self._originals:
+            self._originals[name] = (param, param.detach().clone())
+        return param
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for param, original in self._originals.values():
+            param.copy_(original)
+        self._originals.clear()

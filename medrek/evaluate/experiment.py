@@ -1,0 +1,90 @@
+"""Evaluate several methods under several protocols into one run directory.
+
+What notebooks 03 and 04 call: per (method, protocol) the per-request rows go to
+``metrics/records/<dataset>_<split>_<method>_<protocol>.csv`` (resumable) and their summary
+is upserted into ``metrics/results.csv`` / ``results.json`` as soon as that block finishes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from ..data.records import EditRecord
+from .protocols import Protocol, run_protocol, summarise
+from .results import upsert_results
+
+__all__ = ["EvaluationSetup", "evaluate_methods", "resolve_checkpoints", "records_path"]
+
+
+@dataclass
+class EvaluationSetup:
+    """What every result row records besides the method and protocol."""
+
+    dataset: str
+    split: str
+    lm: str
+    run_id: str
+    seed: int = 0
+    batch_size: int = 32  # rows per LM forward
+    fluency_n: int = 0
+    fluency_tokens: int = 100
+    resume: bool = True
+    progress: bool = True
+    settings: Mapping[str, Any] = field(default_factory=dict)  # per method name: its hyper-parameters
+
+
+def records_path(metrics: Path, setup: EvaluationSetup, method: str, protocol: Protocol) -> Path:
+    return Path(metrics) / "records" / f"{setup.dataset}_{setup.split}_{method}_{protocol.label}.csv"
+
+
+def resolve_checkpoints(methods: Sequence[str], run_root: str | os.PathLike[str],
+                        given: Mapping[str, str | os.PathLike[str]] | None = None,
+                        retrieval: Sequence[str] = ()) -> dict[str, Path]:
+    """Trained editor folders for the retrieval ``methods``: ``given`` first, else the run's own
+    ``checkpoints/<method>/best`` from notebook 02. A missing one is named with what to do."""
+    out: dict[str, Path] = {}
+    for method in methods:
+        if method not in retrieval:
+            continue
+        folder = Path(given[method]) if given and method in given else Path(run_root) / "checkpoints" / method / "best"
+        if not (folder / "editor.json").exists():
+            raise FileNotFoundError(f"no trained {method!r} editor at {folder}: run notebook 02 with {method!r} in its "
+                                    f"methods, or set editor_checkpoints: {{{method}: <folder>}} in the params")
+        out[method] = folder
+    return out
+
+
+def evaluate_methods(methods: Sequence[str], build: Callable[[str], Any], records: Sequence[EditRecord],
+                     protocols: Sequence[Protocol | str], reference, metrics_dir: str | os.PathLike[str],
+                     setup: EvaluationSetup) -> pd.DataFrame:
+    """Run every (method, protocol); returns this call's tidy rows (also upserted on disk).
+
+    ``build(name)`` makes one method at a time (parameter editors share the LM and restore it
+    before the next one is built).
+    """
+    metrics_dir = Path(metrics_dir)
+    protocols = [Protocol.parse(p) for p in protocols]
+    summaries = []
+    for name in methods:
+        method = build(name)
+        encoder = getattr(getattr(method, "editor", None), "config", None)
+        for protocol in protocols:
+            if protocol.batch_size > len(records):
+                continue  # a batch larger than the split is the same as batch = all; not repeated
+            rows = run_protocol(method, records, protocol, reference, records_path(metrics_dir, setup, name, protocol),
+                                seed=setup.seed, batch_size=setup.batch_size, fluency_n=setup.fluency_n,
+                                fluency_tokens=setup.fluency_tokens, resume=setup.resume, progress=setup.progress,
+                                settings=setup.settings.get(name, {}))
+            context = {"method": name, "lm": setup.lm, "encoder": encoder.encoder if encoder else "-",
+                       "dataset": setup.dataset, "split": setup.split, "protocol": protocol.kind,
+                       "batch_size": protocol.batch_size, "seed": setup.seed, "run_id": setup.run_id}
+            tidy = summarise(rows, context)
+            upsert_results(metrics_dir / "results.csv", tidy)
+            summaries.append(tidy)
+        del method
+    return pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()

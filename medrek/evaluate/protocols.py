@@ -1,0 +1,260 @@
+"""Editing protocols and the loop that evaluates a method under one of them.
+
+* ``single``: edit one request, evaluate it, restore; next request.
+* ``batch-N``: shuffle (seeded), edit N requests at once, evaluate those N, restore, next N.
+* ``sequential-N``: edits accumulate N at a time without restoring; every request edited so
+  far is evaluated after each checkpoint T1 < T2 < ... (default: once, after all of them).
+
+:func:`run_protocol` writes one row per evaluated request (and per checkpoint) to a CSV after
+every finished block, atomically, so a killed evaluation resumes where it stopped.
+:func:`summarise` turns those rows into the tidy results table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from ..data.records import EditRecord
+from ..io import read_json, write_csv, write_json
+if TYPE_CHECKING:
+    from ..editor import EditedModel
+
+from .metrics import agreement, avg_score, ngram_entropy
+
+__all__ = ["Protocol", "Step", "plan", "unedited_locality_predictions", "run_protocol", "summarise",
+           "RESULT_COLUMNS", "ResumeError"]
+
+PROTOCOLS = ("single", "batch", "sequential")
+RESULT_COLUMNS = ["method", "lm", "encoder", "dataset", "split", "protocol", "batch_size", "eval_at",
+                  "metric", "value", "n", "seed", "run_id"]
+
+
+class ResumeError(RuntimeError):
+    """Saved per-request results were made with other settings than this run's."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """``kind`` single | batch | sequential; ``batch_size`` edits per block (per edit call when
+    sequential); ``checkpoints``: numbers of accumulated edits at which a sequential run is
+    evaluated (empty: at the end)."""
+
+    kind: str
+    batch_size: int = 1
+    checkpoints: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.kind!r}; expected one of {PROTOCOLS}")
+        if self.batch_size < 1 or (self.kind == "single" and self.batch_size != 1):
+            raise ValueError(f"protocol {self.kind}: batch size {self.batch_size} is not allowed")
+        if list(self.checkpoints) != sorted(set(self.checkpoints)) or any(t < 1 for t in self.checkpoints):
+            raise ValueError(f"checkpoints must be increasing positive counts, got {list(self.checkpoints)}")
+        if self.checkpoints and self.kind != "sequential":
+            raise ValueError("checkpoints only apply to the sequential protocol")
+
+    @classmethod
+    def parse(cls, spec: "str | Mapping[str, Any] | Protocol") -> "Protocol":
+        """``"single"``, ``"batch-100"``, ``"sequential"`` / ``"sequential-10"`` or a mapping
+        ``{kind, batch_size, checkpoints}``."""
+        if isinstance(spec, Protocol):
+            return spec
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"kind", "batch_size", "checkpoints"}
+            if unknown:
+                raise ValueError(f"protocol {dict(spec)}: unknown field(s) {sorted(unknown)}")
+            return cls(spec["kind"], int(spec.get("batch_size", 1)), tuple(int(t) for t in spec.get("checkpoints", ())))
+        kind, _, size = str(spec).partition("-")
+        if size and not size.isdigit():
+            raise ValueError(f"protocol {spec!r}: expected e.g. 'single', 'batch-100' or 'sequential-10'")
+        return cls(kind, int(size) if size else 1)
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.kind == "single" else f"{self.kind}-{self.batch_size}"
+
+
+@dataclass
+class Step:
+    edit: list[int]  # record indices applied in this step
+    evaluate: list[int] = field(default_factory=list)  # record indices evaluated after it
+    reset: bool = False  # restore the method before applying
+    eval_at: int = 0  # edits in place when evaluated
+
+
+def plan(protocol: Protocol, n: int, seed: int) -> list[Step]:
+    """The steps of ``protocol`` over ``n`` records in a seeded order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    size = protocol.batch_size
+    blocks = [order[i: i + size] for i in range(0, n, size)]
+    if protocol.kind != "sequential":
+        return [Step(b, b, reset=True, eval_at=len(b)) for b in blocks]
+    checkpoints = [t for t in protocol.checkpoints if t <= n] or [n]
+    steps, done = [], 0
+    for i, block in enumerate(blocks):
+        done += len(block)
+        hit = [t for t in checkpoints if done - len(block) < t <= done]
+        if hit and hit[-1] != done:
+            raise ValueError(f"sequential checkpoint {hit[-1]} is not a multiple of the batch size {size}")
+        steps.append(Step(block, order[:done] if hit else [], reset=i == 0, eval_at=done))
+    return steps
+
+
+@torch.no_grad()
+def unedited_locality_predictions(model: "EditedModel", records: Sequence[EditRecord],
+                                  batch_size: int = 32) -> dict[str, list[torch.Tensor]]:
+    """Per probe name, the unedited LM's argmax tokens on every record's locality answer."""
+    from ..editor import score_pairs  # the editor imports this package's metrics
+
+    names = list(records[0].locality) if records else []
+    return {name: score_pairs(model, [r.locality[name].prompt for r in records],
+                              [r.locality[name].answer for r in records], None, batch_size).predictions
+            for name in names}
+
+
+def _score_step(method, records: Sequence[EditRecord], idx: list[int], reference, batch_size: int) -> list[dict]:
+    """One row per evaluated record: efficacy, generality, locality per probe, retrieval."""
+    recs = [records[i] for i in idx]
+    names = list(recs[0].locality)
+    prompts = [r.prompt for r in recs] + [r.rephrase for r in recs]
+    targets = [r.target_new for r in recs] * 2
+    for name in names:
+        prompts += [r.locality[name].prompt for r in recs]
+        targets += [r.locality[name].answer for r in recs]
+    res = method.score(prompts, targets, batch_size=batch_size)
+    n = len(recs)
+    rows = []
+    for j, (i, r) in enumerate(zip(idx, recs)):
+        row: dict[str, Any] = {"record_id": r.record_id, "subject": r.subject,
+                               "efficacy": float(res.accuracy[j]), "generality": float(res.accuracy[n + j])}
+        loc = []
+        for p, name in enumerate(names):
+            k = (2 + p) * n + j
+            value = float(agreement([reference[name][i]], [res.predictions[k]])[0])
+            row[f"locality/{name}"] = value
+            loc.append(value)
+            if method.retrieval:
+                row[f"fired/{name}"] = float(res.fired[k])
+                row[f"margin/{name}"] = float(res.margins[k])
+        row["locality"] = sum(loc) / len(loc) if loc else math.nan
+        if method.retrieval:
+            row["retrieved_prompt"] = float(res.retrieved_ids[j] == r.record_id)
+            row["retrieved_rephrase"] = float(res.retrieved_ids[n + j] == r.record_id)
+            row["margin/prompt"] = float(res.margins[j])
+            row["margin/rephrase"] = float(res.margins[n + j])
+        rows.append(row)
+    return rows
+
+
+def _signature(method, records, protocol, seed, extra) -> dict:
+    ids = hashlib.sha256("\n".join(r.record_id for r in records).encode()).hexdigest()[:16]
+    return {"method": method.name, "protocol": asdict(protocol), "seed": seed, "records": len(records),
+            "record_ids": ids, **extra}
+
+
+def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, reference: Mapping[str, list[torch.Tensor]],
+                 path: str | Path, *, seed: int = 0, batch_size: int = 32, fluency_n: int = 0,
+                 fluency_tokens: int = 100, resume: bool = True, progress: bool = True,
+                 settings: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Evaluate ``method`` under ``protocol``; per-record rows go to ``path`` (CSV) block by block.
+
+    ``fluency_n``: the first that many requests of the seeded order also get a sampled
+    generation (top-k 5, ``fluency_tokens`` new tokens) with their edits in place, scored by
+    n-gram entropy. ``settings`` (e.g. the method's hyper-parameters) are stored next to the
+    rows; resuming from rows made with other settings raises :class:`ResumeError`.
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    sig_path = path.with_suffix(".json")
+    signature = _signature(method, records, protocol, seed, {"fluency_n": fluency_n, "fluency_tokens": fluency_tokens,
+                                                            "settings": dict(settings or {})})
+    signature = json.loads(json.dumps(signature))  # as it reads back from JSON
+    rows: list[dict] = []
+    if resume and path.exists() and sig_path.exists():
+        saved = read_json(sig_path)
+        if saved != signature:
+            diff = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
+            raise ResumeError(f"{path}: saved results were made with other settings ({', '.join(diff)}); "
+                              "delete the file or evaluate with resume=False")
+        rows = pd.read_csv(path).to_dict("records")
+    write_json(sig_path, signature)
+    done = {(int(r["eval_at"]), str(r["record_id"])) for r in rows}
+    steps = plan(protocol, len(records), seed)
+    order = [i for s in steps for i in s.edit]
+    fluent = set(order[:fluency_n])
+    todo = [[i for i in s.evaluate if (s.eval_at, records[i].record_id) not in done] for s in steps]
+    last_needed = max((k for k, t in enumerate(todo) if t), default=-1)
+    pending: list[Step] = []
+    bar = tqdm(total=sum(map(len, todo)), desc=f"{method.name} {protocol.label}", disable=not progress)
+    try:
+        for k, step in enumerate(steps[: last_needed + 1]):
+            if not method.stateless:
+                if not todo[k] and protocol.kind != "sequential":
+                    continue  # evaluated before this run: no need to edit
+                if step.reset:
+                    method.restore()
+                method.edit([records[i] for i in step.edit])
+            if todo[k]:
+                pending.append(Step(step.edit, todo[k], step.reset, step.eval_at))
+            full = sum(len(s.evaluate) for s in pending) >= 256
+            if pending and (not method.stateless or k == last_needed or full):
+                rows += _evaluate_pending(method, records, pending, reference, batch_size, fluent, fluency_tokens, seed, k)
+                bar.update(sum(len(s.evaluate) for s in pending))
+                pending = []
+                write_csv(path, pd.DataFrame(rows))
+    finally:
+        bar.close()
+        method.restore()
+    return pd.DataFrame(rows)
+
+
+def _evaluate_pending(method, records, pending: list[Step], reference, batch_size: int, fluent: set[int],
+                      fluency_tokens: int, seed: int, k: int) -> list[dict]:
+    """Score the pending evaluations (the method's current edits in place)."""
+    rows = []
+    for s in pending:
+        new = _score_step(method, records, s.evaluate, reference, batch_size)
+        for i, row in zip(s.evaluate, new):
+            row.update(eval_at=s.eval_at, step=k)
+            if i in fluent:
+                torch.manual_seed(seed * 100003 + i)
+                text = method.generate([records[i].prompt], max_new_tokens=fluency_tokens, do_sample=True,
+                                       top_k=5, min_new_tokens=fluency_tokens)[0]
+                row["fluency"] = ngram_entropy(text)
+        rows += new
+    return rows
+
+
+def summarise(per_record: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame:
+    """Tidy rows (``RESULT_COLUMNS``) of the mean of every metric per ``eval_at``.
+
+    ``context`` gives method, lm, encoder, dataset, split, protocol, batch_size, seed, run_id.
+    ``avg`` is the paper's Avg of the mean efficacy, generality and locality.
+    """
+    missing = [c for c in RESULT_COLUMNS if c not in ("eval_at", "metric", "value", "n") and c not in context]
+    if missing:
+        raise ValueError(f"summarise needs {missing} in its context")
+    metric_cols = [c for c in per_record.columns if c not in ("record_id", "subject", "eval_at", "step")]
+    out = []
+    for eval_at, group in per_record.groupby("eval_at", sort=True):
+        means = {}
+        for col in metric_cols:
+            values = group[col].dropna()
+            if len(values):
+                means[col] = (float(values.mean()), len(values))
+        if {"efficacy", "generality", "locality"} <= set(means):
+            means["avg"] = (avg_score(means["efficacy"][0], means["generality"][0], means["locality"][0]), len(group))
+        for metric, (value, n) in sorted(means.items()):
+            out.append({**{c: context[c] for c in RESULT_COLUMNS if c in context}, "eval_at": int(eval_at),
+                        "metric": metric, "value": value, "n": n})
+    return pd.DataFrame(out, columns=RESULT_COLUMNS)
+

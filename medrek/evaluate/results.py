@@ -1,0 +1,63 @@
+"""The tidy results table every notebook writes and notebook 05 reads.
+
+One row per (method, LM, encoder, dataset, split, protocol, batch size, eval_at, metric, seed,
+run id) with its ``value`` and ``n``. Metrics are fractions in [0, 1] except ``fluency``
+(bits) and ``margin/*`` (score units); tables that follow the paper multiply by 100 and say so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from ..io import write_csv, write_json
+from .protocols import RESULT_COLUMNS
+
+__all__ = ["KEY_COLUMNS", "upsert_results", "read_results"]
+
+KEY_COLUMNS = [c for c in RESULT_COLUMNS if c not in ("value", "n")]
+
+
+def _check(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{source}: results table lacks column(s) {missing}")
+    return frame[RESULT_COLUMNS]
+
+
+def upsert_results(path: str | os.PathLike[str], rows: pd.DataFrame) -> pd.DataFrame:
+    """Add ``rows`` to the table at ``path`` (.csv, with a .json twin), replacing rows with the
+    same key; both files are rewritten atomically. Returns the whole table."""
+    path = Path(path)
+    new = _check(rows, "new rows")
+    if path.exists():
+        old = _check(pd.read_csv(path, keep_default_na=False, na_values=[""]), str(path))
+        table = pd.concat([old, new], ignore_index=True)
+    else:
+        table = new.copy()
+    table["seed"] = table["seed"].astype(int)
+    table["batch_size"] = table["batch_size"].astype(int)
+    table["eval_at"] = table["eval_at"].astype(int)
+    table["n"] = table["n"].astype(int)
+    table = table.drop_duplicates(KEY_COLUMNS, keep="last").sort_values(KEY_COLUMNS, kind="stable")
+    table = table.reset_index(drop=True)
+    write_csv(path, table)
+    write_json(path.with_suffix(".json"), table.to_dict("records"))
+    return table
+
+
+def read_results(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Concatenate results tables; a folder means ``<folder>/metrics/results.csv`` (a run)."""
+    frames = []
+    for p in paths:
+        p = Path(p)
+        csv = p / "metrics" / "results.csv" if p.is_dir() else p
+        if not csv.exists():
+            raise FileNotFoundError(f"{p}: no results table at {csv} (run notebooks 03/04 for this run first)")
+        frames.append(_check(pd.read_csv(csv, keep_default_na=False, na_values=[""]), str(csv)))
+    if not frames:
+        raise ValueError("no results given")
+    return pd.concat(frames, ignore_index=True)
