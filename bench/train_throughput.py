@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import tempfile
 import time
 
 import torch
+from common import save
 
 from medrek import load_split
-from medrek.io import write_json
 from medrek.models.registry import load_causal_lm
 from medrek.train import Trainer, TrainConfig
 
@@ -56,7 +55,6 @@ def main() -> None:
     padded = time_steps(TrainConfig(**common, rows_per_chunk=10**6), records, lm, args.steps)
     samples = base["batch_size"] * args.steps
     result = {
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
         "config": args.config,
         "steps": args.steps,
         "batch_size": base["batch_size"],
@@ -66,8 +64,8 @@ def main() -> None:
         "seconds_per_step_bucketed": round(bucketed / args.steps, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    write_json(f"bench/results/train_throughput_{args.config}.json", result)
     print(json.dumps(result, indent=1))
+    save(f"train_throughput_{args.config}", result)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,18 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["ParamsError", "Params", "load_params", "check_keys"]
+__all__ = ["ParamsError", "Params", "load_params", "check_keys", "REPO_ROOT", "repo_path"]
 
 COMMON_KEYS = ("data_dir", "run_dir", "seed")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def repo_path(path: str | os.PathLike[str]) -> Path:
+    """A path from params: absolute as given; a relative one is taken from the repository root
+    (``checkpoints/small/medrek``), so it means the same from notebooks/, a run's executed
+    copy or the shell."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
 TOP_LEVEL_KEYS = ("name", "data_dir", "seed", "notebooks")
 
 

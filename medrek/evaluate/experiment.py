@@ -14,11 +14,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from ..config import repo_path
 from ..data.records import EditRecord
 from .protocols import Protocol, run_protocol, summarise
 from .results import upsert_results
 
-__all__ = ["EvaluationSetup", "evaluate_methods", "resolve_checkpoints", "records_path"]
+__all__ = ["EvaluationSetup", "evaluate_methods", "resolve_checkpoints", "records_path", "split_label"]
 
 
 @dataclass
@@ -38,6 +39,11 @@ class EvaluationSetup:
     settings: Mapping[str, Any] = field(default_factory=dict)  # per method name: its hyper-parameters
 
 
+def split_label(split: str, limit: int | None) -> str:
+    """How a (possibly truncated) split is named in results: ``test`` or ``test-first100``."""
+    return split if limit is None else f"{split}-first{int(limit)}"
+
+
 def records_path(metrics: Path, setup: EvaluationSetup, method: str, protocol: Protocol) -> Path:
     return Path(metrics) / "records" / f"{setup.dataset}_{setup.split}_{method}_{protocol.label}.csv"
 
@@ -45,13 +51,14 @@ def records_path(metrics: Path, setup: EvaluationSetup, method: str, protocol: P
 def resolve_checkpoints(methods: Sequence[str], run_root: str | os.PathLike[str],
                         given: Mapping[str, str | os.PathLike[str]] | None = None,
                         retrieval: Sequence[str] = ()) -> dict[str, Path]:
-    """Trained editor folders for the retrieval ``methods``: ``given`` first, else the run's own
-    ``checkpoints/<method>/best`` from notebook 02. A missing one is named with what to do."""
+    """Trained editor folders for the retrieval ``methods``: ``given`` first (relative paths
+    from the repository root), else the run's own ``checkpoints/<method>/best`` from notebook
+    02. A missing one is named with what to do."""
     out: dict[str, Path] = {}
     for method in methods:
         if method not in retrieval:
             continue
-        folder = Path(given[method]) if given and method in given else Path(run_root) / "checkpoints" / method / "best"
+        folder = repo_path(given[method]) if given and method in given else Path(run_root) / "checkpoints" / method / "best"
         if not (folder / "editor.json").exists():
             raise FileNotFoundError(f"no trained {method!r} editor at {folder}: run notebook 02 with {method!r} in its "
                                     f"methods, or set editor_checkpoints: {{{method}: <folder>}} in the params")
@@ -76,13 +83,13 @@ def evaluate_methods(methods: Sequence[str], build: Callable[[str], Any], record
         for protocol in protocols:
             if protocol.batch_size > len(records):
                 continue  # a batch larger than the split is the same as batch = all; not repeated
-            rows = run_protocol(method, records, protocol, reference, records_path(metrics_dir, setup, name, protocol),
-                                seed=setup.seed, batch_size=setup.batch_size, fluency_n=setup.fluency_n,
-                                fluency_tokens=setup.fluency_tokens, resume=setup.resume, progress=setup.progress,
-                                settings=setup.settings.get(name, {}))
             context = {"method": name, "lm": setup.lm, "encoder": encoder.encoder if encoder else "-",
                        "dataset": setup.dataset, "split": setup.split, "protocol": protocol.kind,
                        "batch_size": protocol.batch_size, "seed": setup.seed, "run_id": setup.run_id}
+            rows = run_protocol(method, records, protocol, reference, records_path(metrics_dir, setup, name, protocol),
+                                seed=setup.seed, batch_size=setup.batch_size, fluency_n=setup.fluency_n,
+                                fluency_tokens=setup.fluency_tokens, resume=setup.resume, progress=setup.progress,
+                                settings=setup.settings.get(name, {}), labels=context)
             tidy = summarise(rows, context)
             upsert_results(metrics_dir / "results.csv", tidy)
             summaries.append(tidy)

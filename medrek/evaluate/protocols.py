@@ -163,20 +163,22 @@ def _signature(method, records, protocol, seed, extra) -> dict:
 def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, reference: Mapping[str, list[torch.Tensor]],
                  path: str | Path, *, seed: int = 0, batch_size: int = 32, fluency_n: int = 0,
                  fluency_tokens: int = 100, resume: bool = True, progress: bool = True,
-                 settings: Mapping[str, Any] | None = None) -> pd.DataFrame:
+                 settings: Mapping[str, Any] | None = None, labels: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Evaluate ``method`` under ``protocol``; per-record rows go to ``path`` (CSV) block by block.
 
     ``fluency_n``: the first that many requests of the seeded order also get a sampled
     generation (top-k 5, ``fluency_tokens`` new tokens) with their edits in place, scored by
     n-gram entropy. ``settings`` (e.g. the method's hyper-parameters) are stored next to the
-    rows; resuming from rows made with other settings raises :class:`ResumeError`.
+    rows; resuming from rows made with other settings raises :class:`ResumeError`. ``labels``
+    (dataset, split, lm, ...) are stored with them for readers of the rows.
     """
     from tqdm.auto import tqdm
 
     path = Path(path)
     sig_path = path.with_suffix(".json")
     signature = _signature(method, records, protocol, seed, {"fluency_n": fluency_n, "fluency_tokens": fluency_tokens,
-                                                            "settings": dict(settings or {})})
+                                                            "settings": dict(settings or {}),
+                                                            "labels": dict(labels or {})})
     signature = json.loads(json.dumps(signature))  # as it reads back from JSON
     rows: list[dict] = []
     if resume and path.exists() and sig_path.exists():
@@ -185,7 +187,7 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
             diff = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
             raise ResumeError(f"{path}: saved results were made with other settings ({', '.join(diff)}); "
                               "delete the file or evaluate with resume=False")
-        rows = pd.read_csv(path).to_dict("records")
+        rows = pd.read_csv(path, dtype={"record_id": str, "subject": str}).to_dict("records")
     write_json(sig_path, signature)
     done = {(int(r["eval_at"]), str(r["record_id"])) for r in rows}
     steps = plan(protocol, len(records), seed)

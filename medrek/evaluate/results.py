@@ -13,10 +13,10 @@ from typing import Iterable
 
 import pandas as pd
 
-from ..io import write_csv, write_json
+from ..io import read_json, write_csv, write_json
 from .protocols import RESULT_COLUMNS
 
-__all__ = ["KEY_COLUMNS", "upsert_results", "read_results"]
+__all__ = ["KEY_COLUMNS", "upsert_results", "read_results", "read_per_record"]
 
 KEY_COLUMNS = [c for c in RESULT_COLUMNS if c not in ("value", "n")]
 
@@ -60,4 +60,27 @@ def read_results(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
         frames.append(_check(pd.read_csv(csv, keep_default_na=False, na_values=[""]), str(csv)))
     if not frames:
         raise ValueError("no results given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_per_record(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Every per-request table (``metrics/records/*.csv``) of the given runs, labelled with the
+    method, dataset, split, protocol, batch size, seed and run id stored next to it."""
+    frames = []
+    for p in paths:
+        folder = Path(p) / "metrics" / "records"
+        files = sorted(folder.glob("*.csv"))
+        if not files:
+            raise FileNotFoundError(f"{p}: no per-request results in {folder} (run notebooks 03/04 for this run first)")
+        for csv in files:
+            sidecar = csv.with_suffix(".json")
+            if not sidecar.exists():
+                raise FileNotFoundError(f"{csv}: its settings file {sidecar.name} is missing")
+            labels = read_json(sidecar).get("labels") or {}
+            missing = [k for k in ("method", "dataset", "split", "protocol", "batch_size", "seed", "run_id") if k not in labels]
+            if missing:
+                raise ValueError(f"{sidecar}: labels lack {missing} (written by an older kit?)")
+            frame = pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype={"record_id": str, "subject": str})
+            frames.append(frame.assign(**{k: labels[k] for k in ("method", "dataset", "split", "protocol", "batch_size",
+                                                                   "seed", "run_id", "lm")}))
     return pd.concat(frames, ignore_index=True)

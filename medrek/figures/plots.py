@@ -15,13 +15,13 @@ from ..io import atomic_path
 
 __all__ = ["style", "save_figure", "plot_subject_distribution", "plot_length_distributions",
            "plot_training_curves", "plot_validation_curves", "METHOD_COLORS", "method_color",
-           "plot_method_metrics", "plot_metric_vs_batch", "plot_metric_vs_edits", "single_valued"]
+           "plot_method_metrics", "plot_metric_vs_batch", "plot_metric_vs_edits", "single_valued",
+           "plot_representation_overlap", "plot_margin_histograms", "plot_subject_heatmap"]
 
 # One colour per method in every figure (Okabe-Ito; grey for the unedited LM).
 METHOD_COLORS = {
-    "medrek": "#0072B2", "recipe": "#E69F00", "ike": "#009E73", "ft-l": "#D55E00", "memit": "#CC79A7",
+    "unedited": "#999999", "medrek": "#0072B2", "recipe": "#E69F00", "ike": "#009E73", "ft-l": "#D55E00", "memit": "#CC79A7",
     "medrek-no-shared-qk": "#56B4E9", "medrek-no-attention": "#F0E442", "token_attention": "#000000",
-    "unedited": "#999999",
 }
 METHOD_ORDER = list(METHOD_COLORS)
 
@@ -187,3 +187,91 @@ def plot_metric_vs_edits(results: pd.DataFrame, metrics: Sequence[str]) -> plt.F
         raise ValueError(f"plot_metric_vs_edits takes sequential results only, got protocol(s) {sorted(bad)}")
     return _metric_lines(results, metrics, "eval_at", "accumulated edits",
                          ["dataset", "method", "metric", "eval_at"], "plot_metric_vs_edits")
+
+
+def _subject_colors(subjects: Sequence[str], top: int = 8) -> dict[str, str]:
+    """The ``top`` most frequent subjects get the cycle's colours, the rest one light grey."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    common = pd.Series(list(subjects)).value_counts(sort=True).index[:top]
+    colors = {s: cycle[i % len(cycle)] for i, s in enumerate(sorted(common))}
+    return {s: colors.get(s, "#dddddd") for s in set(subjects)}
+
+
+def plot_representation_overlap(points: pd.DataFrame, margins: pd.DataFrame) -> plt.Figure:
+    """Per method, a 2-D projection of edit keys (o) and queries (x) coloured by subject, and the
+    distribution of nearest-wrong-key margins (own-key score minus best other key's score;
+    below 0 the query retrieves a wrong edit)."""
+    methods = _methods(points)
+    single_valued(points, ["method", "record_id", "kind"], "plot_representation_overlap")
+    colors = _subject_colors(points["subject"])
+    fig, axes = plt.subplots(1, len(methods) + 1, figsize=(3.2 * (len(methods) + 1), 3.2), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        part = points[points["method"] == method]
+        for kind, marker in (("key", "o"), ("query", "x")):
+            sel = part[part["kind"] == kind]
+            ax.scatter(sel["x"], sel["y"], s=9, marker=marker, c=[colors[s] for s in sel["subject"]],
+                       linewidths=0.7, alpha=0.8)
+        ax.set_title(f"{method}: keys o, queries x")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = axes[0][-1]
+    for method in _methods(margins):
+        values = margins.loc[margins["method"] == method, "margin"].sort_values()
+        ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=method, color=method_color(method))
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("own key minus nearest wrong key")
+    ax.set_ylabel("fraction of queries (ECDF)")
+    ax.legend(fontsize=7)
+    ax.set_title("nearest-wrong-key margins")
+    return fig
+
+
+def plot_margin_histograms(per_record: pd.DataFrame, bins: int = 30) -> plt.Figure:
+    """Per retrieval method, histograms of top-1 score minus prototype score for edit prompts,
+    rephrases and locality prompts (an edit fires above 0)."""
+    cols = [c for c in per_record.columns if c.startswith("margin/")]
+    part = per_record.dropna(subset=cols, how="all")
+    methods = _methods(part)
+    if not methods:
+        raise ValueError("no retrieval margins in these results (only retrieval methods record them)")
+    single_valued(part, ["method", "record_id", "eval_at"], "plot_margin_histograms")
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.4 * len(methods), 2.8), squeeze=False, sharey=True)
+    kind_colors = ["#0072B2", "#009E73", "#D55E00", "#CC79A7", "#E69F00", "#56B4E9"]
+    for ax, method in zip(axes[0], methods):
+        sel = part[part["method"] == method]
+        values = sel[cols].to_numpy().ravel()
+        values = values[pd.notna(values)]
+        edges = pd.Series(values).quantile([0.005, 0.995]).tolist() if len(values) else [-1, 1]
+        grid = [edges[0] + (edges[1] - edges[0]) * i / bins for i in range(bins + 1)]
+        for k, col in enumerate(cols):
+            if sel[col].notna().sum() == 0:
+                continue
+            ax.hist(sel[col].dropna().clip(edges[0], edges[1]), bins=grid, histtype="step", label=col.split("/", 1)[1],
+                    color=kind_colors[k % len(kind_colors)], density=True)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(method)
+        ax.set_xlabel("top-1 score minus prototype score")
+    axes[0][0].legend(fontsize=7)
+    return fig
+
+
+def plot_subject_heatmap(per_record: pd.DataFrame, metrics: Sequence[str] = ("efficacy", "locality")) -> plt.Figure:
+    """Subjects x methods heatmaps (one per metric) of the mean per subject."""
+    import seaborn as sns
+
+    single_valued(per_record, ["method", "record_id", "eval_at"], "plot_subject_heatmap")
+    methods = _methods(per_record)
+    subjects = per_record.groupby("subject")["record_id"].nunique().sort_values(ascending=False).index
+    fig, axes = plt.subplots(1, len(metrics), figsize=(1.2 + 0.9 * len(methods) * len(metrics), 0.3 * len(subjects) + 1.5),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        grid = per_record.pivot_table(index="subject", columns="method", values=metric, aggfunc="mean")
+        grid = grid.reindex(index=subjects, columns=methods)
+        sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", annot_kws={"size": 6},
+                    cbar=ax is axes[0][-1])
+        ax.set_title(metric)
+        ax.set_xlabel("")
+        ax.set_ylabel("" if ax is not axes[0][0] else "subject")
+        if ax is not axes[0][0]:
+            ax.set_yticklabels([])
+    return fig

@@ -1,0 +1,61 @@
+"""Shared helpers of the benchmark scripts: machine facts, timing, resident memory, JSON out."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from medrek.io import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (they are only comparable within one file)."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux /proc; 0 where unavailable)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def latencies(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> dict[str, float]:
+    """p50 / p99 / mean seconds of ``fn`` over ``repeat`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = sorted(timed(fn)[0] for _ in range(repeat))
+    p99 = times[min(len(times) - 1, int(round(0.99 * (len(times) - 1))))]
+    return {"p50_s": statistics.median(times), "p99_s": p99, "mean_s": statistics.fmean(times), "repeat": repeat}
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    """Write ``bench/results/<name>.json`` (with the machine facts) atomically."""
+    path = write_json(RESULTS / f"{name}.json", {"benchmark": name, "machine": machine(), **result})
+    print(f"wrote {path}")
+    return path

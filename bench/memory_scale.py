@@ -1,0 +1,134 @@
+"""Edit-memory scale: retrieval latency, memory per edit and build rate from 1e3 to 1e5 stored
+edits (1e6 with --full), exact FAISS IndexFlatIP vs approximate indexes vs torch brute force.
+
+    python bench/memory_scale.py [--full] [--dims 384 4096]
+
+Keys are random unit vectors; each query is a stored key plus noise (cosine about 0.8 with
+it), like a paraphrase near its edit, so the exact top-1 is well defined. Every latency is per
+batch of 16 queries. The torch baseline is what the official code does (``q @ K.T``, top-k).
+Approximate indexes report their top-1 agreement with exact search. Ratios compare numbers of
+the same run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+
+import faiss
+import numpy as np
+import torch
+
+from common import latencies, rss_bytes, save, timed
+
+from medrek.memory import MemoryConfig
+
+QUERY_BATCH = 16
+AGREEMENT_QUERIES = 512
+RAM_LIMIT = 20e9  # bytes this script lets one configuration use
+
+
+def unit_rows(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    keys = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, 65536):
+        block = rng.standard_normal((min(65536, n - start), d), dtype=np.float32)
+        keys[start: start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return keys
+
+
+def noisy_queries(keys: np.ndarray, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    idx = rng.integers(0, len(keys), m)
+    noise = rng.standard_normal((m, keys.shape[1]), dtype=np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    q = 0.8 * keys[idx] + 0.6 * noise  # cosine ~0.8 with its own key
+    return np.ascontiguousarray(q, dtype=np.float32), idx
+
+
+def build(kind: str, keys: np.ndarray) -> tuple[faiss.Index, float, int]:
+    """(index, build seconds incl. training, resident bytes added)."""
+    n, d = keys.shape
+    cfg = MemoryConfig(d, 1, 1)  # the kit's defaults for each index kind
+    before = rss_bytes()
+
+    def make():
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = cfg.hnsw_ef_search
+        elif kind == "ivf":
+            nlist = min(cfg.ivf_nlist or max(1, int(4 * math.sqrt(n))), n // 39 or 1)
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+            sample = keys[np.random.default_rng(0).choice(n, min(n, 256 * nlist), replace=False)]
+            index.train(sample)
+            index.nprobe = min(cfg.ivf_nprobe, nlist)
+        else:
+            raise ValueError(kind)
+        index.add(keys)
+        return index
+
+    seconds, index = timed(make)
+    return index, seconds, max(0, rss_bytes() - before)
+
+
+def measure(n: int, d: int, kinds: list[str], repeat: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    keys = unit_rows(n, d, rng)
+    queries, own = noisy_queries(keys, AGREEMENT_QUERIES, rng)
+    batch = queries[:QUERY_BATCH]
+    row: dict = {"n": n, "dim": d, "key_bytes_per_edit": 4 * d}
+    t_keys = torch.from_numpy(keys)
+    t_batch = torch.from_numpy(batch)
+    row["torch"] = latencies(lambda: torch.topk(t_batch @ t_keys.T, 2, dim=1), repeat)
+    exact_top = None
+    for kind in kinds:
+        index, build_s, added = build(kind, keys)
+        entry = {"build_s": build_s, "adds_per_s": n / build_s if build_s > 0 else None,
+                 "resident_bytes_per_edit": added / n}
+        entry.update(latencies(lambda: index.search(batch, 2), repeat))
+        _, top = index.search(queries, 1)
+        if kind == "flat":
+            exact_top = top[:, 0]
+            entry["own_key_top1"] = float((exact_top == own).mean())
+        else:
+            entry["agreement_top1"] = float((top[:, 0] == exact_top).mean())
+        row[kind] = entry
+        del index
+        gc.collect()
+    row["flat_vs_torch_p50"] = row["flat"]["p50_s"] / row["torch"]["p50_s"]
+    for kind in kinds:
+        if kind != "flat":
+            row[f"{kind}_vs_flat_p50"] = row[kind]["p50_s"] / row["flat"]["p50_s"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="also 1e6 stored edits (minutes, GBs of RAM)")
+    parser.add_argument("--dims", type=int, nargs="+", default=[384, 4096])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    sizes = [1_000, 10_000, 100_000] + ([1_000_000] if args.full else [])
+    rows, skipped = [], []
+    for d in args.dims:
+        for n in sizes:
+            need = 3.2 * n * d * 4  # keys + an index copy + the HNSW graph, with margin
+            if need > RAM_LIMIT:
+                skipped.append({"n": n, "dim": d, "reason": f"needs about {need / 1e9:.0f} GB of RAM"})
+                print(f"skip n={n} d={d}: {skipped[-1]['reason']}")
+                continue
+            # HNSW construction grows with n*d; at 4096 dims and 1e5+ it takes longer than this
+            # benchmark's budget on 2 cores, so IVF is the approximate index there.
+            kinds = ["flat", "ivf"] + (["hnsw"] if n * d <= 100_000 * 384 or args.full and d <= 384 else [])
+            repeat = 50 if n <= 10_000 else 15
+            print(f"n={n} d={d} indexes={kinds}", flush=True)
+            rows.append(measure(n, d, kinds, repeat, args.seed))
+    save("memory_scale" + ("_full" if args.full else ""),
+         {"query_batch": QUERY_BATCH, "agreement_queries": AGREEMENT_QUERIES, "rows": rows, "skipped": skipped,
+          "settings": {k: v for k, v in vars(MemoryConfig(1, 1, 1)).items() if k.startswith(("hnsw", "ivf"))},
+          "notes": "latency per batch of 16 queries; ivf trains on up to 256 keys per list"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Notebook 05's building blocks on the shipped results fixture: tables, refusals, and
+byte-for-byte deterministic figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from medrek.evaluate import read_results
+from medrek.evaluate.results import read_per_record
+from medrek.figures import plots, tables
+
+FIXTURE = Path(__file__).parent / "fixtures" / "results-smoke"
+SPLIT = "test-first8"
+
+
+@pytest.fixture(scope="module")
+def results():
+    summary = read_results([FIXTURE])
+    return summary[summary["split"] == SPLIT]
+
+
+@pytest.fixture(scope="module")
+def per_record():
+    rows = read_per_record([FIXTURE])
+    return rows[rows["split"] == SPLIT]
+
+
+def test_main_table_values_scale_and_best_marks(results):
+    table = tables.main_table(results, "single", 1)
+    raw = results[(results["protocol"] == "single") & (results["method"] == "medrek") & (results["dataset"] == "medversa")]
+    expect = raw.set_index("metric")["value"]
+    assert table.loc["medrek", ("medversa", "efficacy")] == pytest.approx(100 * expect["efficacy"])
+    assert table.loc["medrek", ("medversa", "fluency")] == pytest.approx(expect["fluency"])  # bits, not x100
+    assert list(table.index)[0] == "unedited"  # fixed method order
+    best = tables.best_mask(table)
+    col = ("medversa", "locality")
+    assert best[col].tolist() == (table[col] == table[col].max()).tolist()
+    md = tables.to_markdown(table)
+    assert f"**{table[col].max():.1f}**" in md
+    tex = tables.to_latex(table, "cap", "tab:x")
+    assert r"\toprule" in tex and r"\textbf{" in tex and "token\\_attention" in tex
+    with pytest.raises(ValueError, match="no results for protocol batch with batch size 1000"):
+        tables.main_table(results, "batch", 1000)
+
+
+def test_tables_are_written_as_csv_markdown_latex(results, tmp_path):
+    table = tables.main_table(results, "batch", 4)
+    paths = tables.write_table(table, tmp_path / "main", "caption", "tab:main")
+    assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+    back = pd.read_csv(paths[0]).set_index("method")
+    assert back.loc["medrek", "medversa locality"] == pytest.approx(table.loc["medrek", ("medversa", "locality")])
+
+
+def test_mixed_runs_are_refused(results):
+    other = results.assign(run_id="another-run", value=results["value"] * 0.5)
+    with pytest.raises(ValueError, match="several results.*another-run"):
+        tables.main_table(pd.concat([results, other]), "single", 1)
+    with pytest.raises(ValueError, match="single/batch results only"):
+        plots.plot_metric_vs_batch(results, ["efficacy"])
+
+
+def test_subject_table_counts_and_means(per_record):
+    sub = per_record[(per_record["protocol"] == "single") & (per_record["dataset"] == "medversa")]
+    table = tables.subject_table(sub)
+    assert table[("n", "")].sum() == sub["record_id"].nunique()
+    subject = table.index[0]
+    expect = 100 * sub[(sub["subject"] == subject) & (sub["method"] == "medrek")]["locality"].mean()
+    assert table.loc[subject, ("locality", "medrek")] == pytest.approx(expect)
+
+
+def _figures(results, per_record):
+    points = pd.read_csv(FIXTURE / "metrics" / "representations.csv", dtype={"record_id": str})
+    margins = pd.read_csv(FIXTURE / "metrics" / "key_margins.csv", dtype={"record_id": str})
+    log = pd.read_csv(FIXTURE / "metrics" / "training_log.csv")
+    single = per_record[(per_record["protocol"] == "single") & (per_record["dataset"] == "medversa")]
+    return {
+        "batch": lambda: plots.plot_metric_vs_batch(results[results["protocol"].isin(["single", "batch"])],
+                                                    ["efficacy", "locality"]),
+        "overlap": lambda: plots.plot_representation_overlap(points, margins),
+        "margins": lambda: plots.plot_margin_histograms(single),
+        "subjects": lambda: plots.plot_subject_heatmap(single),
+        "training": lambda: plots.plot_training_curves(log, sorted(log["term"].unique())[:3]),
+        "sequential": lambda: plots.plot_metric_vs_edits(results[results["protocol"] == "sequential"], ["efficacy"]),
+    }
+
+
+def test_every_paper_figure_is_byte_deterministic(results, per_record, tmp_path):
+    outputs = {}
+    for run in range(2):
+        for name, make in _figures(results, per_record).items():
+            with plots.style():
+                fig = make()
+                paths = plots.save_figure(fig, tmp_path / f"{name}-{run}")
+                plt.close(fig)
+            outputs.setdefault(name, []).append([p.read_bytes() for p in paths])
+    for name, (first, second) in outputs.items():
+        assert first == second, f"{name} differs between two renderings"
+        assert len(first[0]) > 1000 and first[1].startswith(b"%PDF")
