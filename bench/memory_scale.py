@@ -86,7 +86,7 @@ def measure(n: int, d: int, kinds: list[str], repeat: int, seed: int) -> dict:
         index, build_s, added = build(kind, keys)
         entry = {"build_s": build_s, "adds_per_s": n / build_s if build_s > 0 else None,
                  "resident_bytes_per_edit": added / n}
-        entry.update(latencies(lambda: index.search(batch, 2), repeat))
+        entry.update(latencies(lambda idx=index: idx.search(batch, 2), repeat))
         _, top = index.search(queries, 1)
         if kind == "flat":
             exact_top = top[:, 0]

@@ -29,11 +29,13 @@ def memory_table(data: dict) -> list[str]:
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data["rows"]:
         ivf, hnsw = r.get("ivf"), r.get("hnsw")
+        approx = []
+        for entry in (ivf, hnsw):
+            approx += [ms(entry["p50_s"]), f"{entry['agreement_top1']:.3f}"] if entry else ["-", "-"]
         lines.append(
             f"| {r['n']:,} | {r['dim']} | {ms(r['flat']['p50_s'])} / {ms(r['flat']['p99_s'])} | {ms(r['torch']['p50_s'])} "
-            f"| {r['flat_vs_torch_p50']:.2f} | {ms(ivf['p50_s']) if ivf else '-'} | {ivf['agreement_top1']:.3f} "
-            f"| {ms(hnsw['p50_s']) if hnsw else '-'} | {hnsw['agreement_top1'] if hnsw else '-'} "
-            f"| {r['flat']['adds_per_s']:,.0f} | {r['flat']['resident_bytes_per_edit']:,.0f} |".replace("| None |", "| - |"))
+            f"| {r['flat_vs_torch_p50']:.2f} | " + " | ".join(approx)
+            + f" | {r['flat']['adds_per_s']:,.0f} | {r['flat']['resident_bytes_per_edit']:,.0f} |")
     for s in data.get("skipped", []):
         lines.append(f"| {s['n']:,} | {s['dim']} | skipped: {s['reason']} |||||||||")
     return lines

@@ -15,7 +15,6 @@ import resource
 import tempfile
 import time
 
-import torch
 from common import save
 
 from medrek import load_split
