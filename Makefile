@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PARAMS ?= params/small.yaml
 RUN_DIR ?=
+ONLY ?=
 SMOKE_RUN := runs/smoke-test
 export MEDREK_CACHE_DIR ?= $(CURDIR)/.cache
 export MPLBACKEND ?= Agg
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv reproduce test unit notebooks bench clean
+.PHONY: venv reproduce evaluate test unit notebooks bench clean
 
 $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +25,15 @@ venv: $(STAMP)
 
 ## The main job: every notebook in order with $(PARAMS) into runs/<params name>/
 reproduce: venv
-	$(PY) -m medrek.pipeline $(PARAMS) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
+	$(PY) -m medrek.pipeline $(PARAMS) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(ONLY),--only $(ONLY))
+
+## Evaluation and figures only (notebooks 03-05), with the committed trained editors: no training
+evaluate: venv
+	$(PY) -m medrek.pipeline $(PARAMS) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) --only 03_single_edit 04_batch_edit 05_paper_figures
+
+## Benchmarks (bench/results/*.json and the README table); FULL=1 adds 1e6 stored edits
+bench: venv
+	$(PY) bench/run.py $(if $(FULL),--full)
 
 ## The whole test suite: unit tests, then the smoke pipeline re-executed and compared by nbval
 test: unit notebooks
