@@ -153,3 +153,17 @@ def test_upsert_replaces_rows_with_the_same_key(tmp_path):
         read_results([tmp_path / "missing"])
     with pytest.raises(ValueError, match="lacks column"):
         upsert_results(tmp_path / "x.csv", first.drop(columns=["seed"]))
+
+
+def test_checkpoints_resolve_from_the_repo_root_or_the_run(tmp_path, make_editor):
+    from medrek.config import REPO_ROOT
+    from medrek.evaluate.experiment import resolve_checkpoints, split_label
+
+    make_editor("medrek").save(tmp_path / "checkpoints" / "medrek" / "best")
+    found = resolve_checkpoints(["unedited", "medrek"], tmp_path, None, retrieval=["medrek", "recipe"])
+    assert found == {"medrek": tmp_path / "checkpoints" / "medrek" / "best"}
+    with pytest.raises(FileNotFoundError, match="no trained 'recipe' editor.*editor_checkpoints"):
+        resolve_checkpoints(["recipe"], tmp_path, None, retrieval=["medrek", "recipe"])
+    with pytest.raises(FileNotFoundError, match=str(REPO_ROOT / "nowhere")):
+        resolve_checkpoints(["medrek"], tmp_path, {"medrek": "nowhere"}, retrieval=["medrek"])
+    assert split_label("test", None) == "test" and split_label("test", 100) == "test-first100"

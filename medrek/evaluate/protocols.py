@@ -221,12 +221,16 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
 
 def _evaluate_pending(method, records, pending: list[Step], reference, batch_size: int, fluent: set[int],
                       fluency_tokens: int, seed: int, k: int) -> list[dict]:
-    """Score the pending evaluations (the method's current edits in place)."""
+    """Score the pending evaluations (the method's current edits in place). A stateless
+    method's pending steps are scored together, in full LM batches."""
+    groups = [[s] for s in pending] if not method.stateless else [pending]
     rows = []
-    for s in pending:
-        new = _score_step(method, records, s.evaluate, reference, batch_size)
-        for i, row in zip(s.evaluate, new):
-            row.update(eval_at=s.eval_at, step=k)
+    for group in groups:
+        idx = [i for s in group for i in s.evaluate]
+        new = _score_step(method, records, idx, reference, batch_size)
+        at = [s.eval_at for s in group for _ in s.evaluate]
+        for i, row, eval_at in zip(idx, new, at):
+            row.update(eval_at=eval_at, step=k)
             if i in fluent:
                 torch.manual_seed(seed * 100003 + i)
                 text = method.generate([records[i].prompt], max_new_tokens=fluency_tokens, do_sample=True,
