@@ -113,3 +113,23 @@ def test_build_method_names_what_is_missing(tiny_lm, tmp_path, make_editor):
     folder = make_editor("recipe").save(tmp_path / "recipe")
     method = build_method("recipe", tiny_lm, checkpoints={"recipe": folder})
     assert method.name == "recipe" and method.retrieval
+
+
+def test_ft_l_prepared_blocks_equal_one_edit_per_block(tiny_lm):
+    model = EditedModel(*tiny_lm)
+    recs = records(5)
+    blocks = [recs[0:1], recs[1:3], recs[3:5]]
+    config = FTConfig(layer=1, steps=6, lr=1e-2, norm_constraint=3e-3, rows_per_chunk=2)
+    one_by_one = []
+    method = FTLMethod(model, config)
+    for block in blocks:
+        method.edit(block)
+        one_by_one.append(model.lm.state_dict()["model.layers.1.mlp.down_proj.weight"].clone())
+        method.restore()
+    method.prepare(blocks)
+    for block, expect in zip(blocks, one_by_one):
+        method.edit(block)
+        got = model.lm.state_dict()["model.layers.1.mlp.down_proj.weight"]
+        torch.testing.assert_close(got, expect, atol=2e-6, rtol=0)
+        method.restore()
+    assert not method._prepared

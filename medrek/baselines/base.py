@@ -52,6 +52,10 @@ class EditMethod(ABC):
     def restore(self) -> None:
         """Forget every edit: the LM answers exactly as before the first ``edit``."""
 
+    def prepare(self, blocks: Sequence[Sequence[EditRecord]]) -> None:
+        """Optional: precompute the upcoming independent blocks (each edited alone from the
+        current state) together; ``edit`` of a prepared block is then cheap."""
+
     def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> ScoreResult:
         return score_pairs(self.model, prompts, targets, None, batch_size)
 

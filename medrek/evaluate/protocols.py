@@ -163,14 +163,17 @@ def _signature(method, records, protocol, seed, extra) -> dict:
 def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, reference: Mapping[str, list[torch.Tensor]],
                  path: str | Path, *, seed: int = 0, batch_size: int = 32, fluency_n: int = 0,
                  fluency_tokens: int = 100, resume: bool = True, progress: bool = True,
-                 settings: Mapping[str, Any] | None = None, labels: Mapping[str, Any] | None = None) -> pd.DataFrame:
+                 settings: Mapping[str, Any] | None = None, labels: Mapping[str, Any] | None = None,
+                 prepare_edits: int = 32) -> pd.DataFrame:
     """Evaluate ``method`` under ``protocol``; per-record rows go to ``path`` (CSV) block by block.
 
     ``fluency_n``: the first that many requests of the seeded order also get a sampled
     generation (top-k 5, ``fluency_tokens`` new tokens) with their edits in place, scored by
     n-gram entropy. ``settings`` (e.g. the method's hyper-parameters) are stored next to the
     rows; resuming from rows made with other settings raises :class:`ResumeError`. ``labels``
-    (dataset, split, lm, ...) are stored with them for readers of the rows.
+    (dataset, split, lm, ...) are stored with them for readers of the rows. Under single and
+    batch protocols, methods may precompute up to ``prepare_edits`` upcoming edits' blocks
+    together (:meth:`EditMethod.prepare`).
     """
     from tqdm.auto import tqdm
 
@@ -197,11 +200,14 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
     last_needed = max((k for k, t in enumerate(todo) if t), default=-1)
     pending: list[Step] = []
     bar = tqdm(total=sum(map(len, todo)), desc=f"{method.name} {protocol.label}", disable=not progress)
+    prepared_until = 0
     try:
         for k, step in enumerate(steps[: last_needed + 1]):
             if not method.stateless:
                 if not todo[k] and protocol.kind != "sequential":
                     continue  # evaluated before this run: no need to edit
+                if protocol.kind != "sequential" and k >= prepared_until:
+                    prepared_until = _prepare_window(method, records, steps, todo, k, last_needed, prepare_edits)
                 if step.reset:
                     method.restore()
                 method.edit([records[i] for i in step.edit])
@@ -217,6 +223,19 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
         bar.close()
         method.restore()
     return pd.DataFrame(rows)
+
+
+def _prepare_window(method, records, steps: list[Step], todo: list[list[int]], k: int, last: int, size: int) -> int:
+    """Let the method precompute the next independent blocks (up to ``size`` edits); returns
+    the first step after the window."""
+    blocks, j, total = [], k, 0
+    while j <= last and (total < size or not blocks):
+        if todo[j]:
+            blocks.append([records[i] for i in steps[j].edit])
+            total += len(steps[j].edit)
+        j += 1
+    method.prepare(blocks)
+    return j
 
 
 def _evaluate_pending(method, records, pending: list[Step], reference, batch_size: int, fluent: set[int],
