@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 from medrek.baselines import RetrievalMethod, UneditedMethod
 from medrek.editor import EditedModel
@@ -72,7 +73,10 @@ class Interrupt(RuntimeError):
 
 
 class FlakyMethod(RetrievalMethod):
-    """Stops after ``fail_after`` edits, as a killed job would."""
+    """Stops after ``fail_after`` edits, as a killed job would (edit by edit, so that rows are
+    saved after every block)."""
+
+    block_scoring = False
 
     def __init__(self, editor, fail_after: int) -> None:
         super().__init__(editor)
@@ -167,3 +171,37 @@ def test_checkpoints_resolve_from_the_repo_root_or_the_run(tmp_path, make_editor
     with pytest.raises(FileNotFoundError, match=str(REPO_ROOT / "nowhere")):
         resolve_checkpoints(["medrek"], tmp_path, {"medrek": "nowhere"}, retrieval=["medrek"])
     assert split_label("test", None) == "test" and split_label("test", 100) == "test-first100"
+
+
+def test_block_scoring_equals_edit_score_restore(tiny_lm, make_editor):
+    recs = records()
+    editor = make_editor("medrek", min_similarity=-1e9)
+    editor.memory.prototype_key.zero_()
+    method = RetrievalMethod(editor)
+    blocks = [recs[0:1], recs[1:4], recs[4:7]]
+    jobs = [(b, [r.prompt for r in recs], [r.target_new for r in recs]) for b in blocks]
+    together = method.score_blocks(jobs)
+    for (block, prompts, targets), got in zip(jobs, together):
+        method.edit(block)
+        want = method.score(prompts, targets)
+        method.restore()
+        assert got.retrieved_ids == want.retrieved_ids and torch.equal(got.fired, want.fired)
+        torch.testing.assert_close(got.nll, want.nll, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.margins, want.margins)
+    assert len(editor.memory) == 0
+
+
+def test_block_scored_protocol_matches_step_by_step(tmp_path, tiny_lm, make_editor):
+    recs = records()
+    reference = unedited_locality_predictions(EditedModel(*tiny_lm), recs)
+
+    class StepByStep(RetrievalMethod):
+        block_scoring = False
+
+    fast = run_protocol(RetrievalMethod(make_editor()), recs, Protocol("batch", 2), reference, tmp_path / "a.csv",
+                        progress=False, fluency_n=1, fluency_tokens=6)
+    slow = run_protocol(StepByStep(make_editor()), recs, Protocol("batch", 2), reference, tmp_path / "b.csv",
+                        progress=False, fluency_n=1, fluency_tokens=6)
+    cols = ["record_id", "efficacy", "generality", "locality", "retrieved_prompt", "margin/prompt", "fluency"]
+    pd.testing.assert_frame_equal(fast[cols].sort_values("record_id").reset_index(drop=True),
+                                  slow[cols].sort_values("record_id").reset_index(drop=True), atol=1e-5)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..data.records import EditRecord
-from ..editor import EditedModel, Editor, ScoreResult, score_pairs
+from ..editor import EditedModel, Editor, RowPrompts, ScoreResult, score_pairs
+from ..memory import EditMemory
 
 __all__ = ["EditMethod", "RetrievalMethod", "UneditedMethod", "ParameterEditingMethod", "generate_plain"]
 
@@ -80,6 +81,7 @@ class RetrievalMethod(EditMethod):
     """A trained :class:`Editor` (medrek, recipe, the ablations, token_attention)."""
 
     retrieval = True
+    block_scoring = True  # independent blocks can share LM batches (see ``score_blocks``)
 
     def __init__(self, editor: Editor, name: str | None = None) -> None:
         super().__init__(editor.model)
@@ -97,6 +99,45 @@ class RetrievalMethod(EditMethod):
 
     def generate(self, texts: Sequence[str], max_new_tokens: int = 32, **kwargs: Any) -> list[str]:
         return self.editor.generate(texts, max_new_tokens=max_new_tokens, **kwargs)
+
+    @torch.no_grad()
+    def score_blocks(self, jobs: Sequence[tuple[Sequence[EditRecord], Sequence[str], Sequence[str]]],
+                     batch_size: int = 32) -> list[ScoreResult]:
+        """Score each job's (prompts, targets) as if only that job's edits were stored, with the
+        LM forwards of all jobs batched together: retrieval runs per job against a memory of
+        that job's edits, then every row carries its own prompt tokens through one
+        :func:`score_pairs`. The same numbers as edit / score / restore per job."""
+        saved = self.editor.memory
+        found, prompts, targets = [], [], []
+        try:
+            for block, p, t in jobs:
+                self.editor.memory = EditMemory(saved.config, saved.prototype_key)  # same gate, no edits
+                self.editor.edit(list(block), batch_size=128)
+                tokens, fired, r = self.editor._prompts(list(p), True)
+                ids = [self.editor.memory.ids[int(k)] if k >= 0 else None for k in r.rows]
+                found.append(RowPrompts(tokens.cpu(), fired.cpu(), ids, r.scores - r.prototype_scores))
+                prompts += list(p)
+                targets += list(t)
+        finally:
+            self.editor.memory = saved
+        tokens = torch.cat([f.prompts for f in found])
+        fired = torch.cat([f.fired for f in found])
+        ids = [i for f in found for i in f.ids]
+        margins = torch.cat([f.margins for f in found])
+        device = self.model.device
+
+        def retrieve(idx: list[int]) -> RowPrompts:
+            return RowPrompts(tokens[idx].to(device), fired[idx].to(device), [ids[i] for i in idx], margins[idx])
+
+        result = score_pairs(self.model, prompts, targets, retrieve, batch_size)
+        out, start = [], 0
+        for _, p, _ in jobs:
+            end = start + len(p)
+            out.append(ScoreResult(result.accuracy[start:end], result.nll[start:end], result.fired[start:end],
+                                   result.retrieved_ids[start:end], result.predictions[start:end],
+                                   result.margins[start:end]))
+            start = end
+        return out
 
 
 class ParameterEditingMethod(EditMethod):

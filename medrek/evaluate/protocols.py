@@ -120,16 +120,20 @@ def unedited_locality_predictions(model: "EditedModel", records: Sequence[EditRe
             for name in names}
 
 
-def _score_step(method, records: Sequence[EditRecord], idx: list[int], reference, batch_size: int) -> list[dict]:
-    """One row per evaluated record: efficacy, generality, locality per probe, retrieval."""
-    recs = [records[i] for i in idx]
-    names = list(recs[0].locality)
+def _eval_rows(recs: Sequence[EditRecord]) -> tuple[list[str], list[str]]:
+    """(prompts, targets): all prompts, then all rephrases, then each locality probe's prompts."""
     prompts = [r.prompt for r in recs] + [r.rephrase for r in recs]
     targets = [r.target_new for r in recs] * 2
-    for name in names:
+    for name in recs[0].locality:
         prompts += [r.locality[name].prompt for r in recs]
         targets += [r.locality[name].answer for r in recs]
-    res = method.score(prompts, targets, batch_size=batch_size)
+    return prompts, targets
+
+
+def _record_rows(method, records, idx: list[int], res, reference) -> list[dict]:
+    """One row per evaluated record from the scores of :func:`_eval_rows`."""
+    recs = [records[i] for i in idx]
+    names = list(recs[0].locality)
     n = len(recs)
     rows = []
     for j, (i, r) in enumerate(zip(idx, recs)):
@@ -152,6 +156,22 @@ def _score_step(method, records: Sequence[EditRecord], idx: list[int], reference
             row["margin/rephrase"] = float(res.margins[n + j])
         rows.append(row)
     return rows
+
+
+def _score_step(method, records: Sequence[EditRecord], idx: list[int], reference, batch_size: int) -> list[dict]:
+    """Score ``idx`` with the method's current edits in place."""
+    prompts, targets = _eval_rows([records[i] for i in idx])
+    return _record_rows(method, records, idx, method.score(prompts, targets, batch_size=batch_size), reference)
+
+
+def _score_blocks(method, records, steps: list["Step"], reference, batch_size: int) -> list[list[dict]]:
+    """Score several independent blocks in shared LM batches (``method.score_blocks``)."""
+    jobs = []
+    for s in steps:
+        prompts, targets = _eval_rows([records[i] for i in s.evaluate])
+        jobs.append(([records[i] for i in s.edit], prompts, targets))
+    results = method.score_blocks(jobs, batch_size=batch_size)
+    return [_record_rows(method, records, s.evaluate, res, reference) for s, res in zip(steps, results)]
 
 
 def _signature(method, records, protocol, seed, extra) -> dict:
@@ -201,9 +221,10 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
     pending: list[Step] = []
     bar = tqdm(total=sum(map(len, todo)), desc=f"{method.name} {protocol.label}", disable=not progress)
     prepared_until = 0
+    together = method.stateless or (getattr(method, "block_scoring", False) and protocol.kind != "sequential")
     try:
         for k, step in enumerate(steps[: last_needed + 1]):
-            if not method.stateless:
+            if not together:
                 if not todo[k] and protocol.kind != "sequential":
                     continue  # evaluated before this run: no need to edit
                 if protocol.kind != "sequential" and k >= prepared_until:
@@ -214,7 +235,7 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
             if todo[k]:
                 pending.append(Step(step.edit, todo[k], step.reset, step.eval_at))
             full = sum(len(s.evaluate) for s in pending) >= 256
-            if pending and (not method.stateless or k == last_needed or full):
+            if pending and (not together or k == last_needed or full):
                 rows += _evaluate_pending(method, records, pending, reference, batch_size, fluent, fluency_tokens, seed, k)
                 bar.update(sum(len(s.evaluate) for s in pending))
                 pending = []
@@ -240,23 +261,44 @@ def _prepare_window(method, records, steps: list[Step], todo: list[list[int]], k
 
 def _evaluate_pending(method, records, pending: list[Step], reference, batch_size: int, fluent: set[int],
                       fluency_tokens: int, seed: int, k: int) -> list[dict]:
-    """Score the pending evaluations (the method's current edits in place). A stateless
-    method's pending steps are scored together, in full LM batches."""
-    groups = [[s] for s in pending] if not method.stateless else [pending]
+    """Score the pending evaluations. A stateless method's steps are scored together; a
+    block-scoring method (retrieval editors) scores each step against its own block's edits,
+    in shared LM batches; otherwise the method's current edits are in place."""
+    if method.stateless:
+        idx = [i for s in pending for i in s.evaluate]
+        scored = _score_step(method, records, idx, reference, batch_size)
+        per_step, start = [], 0
+        for s in pending:
+            per_step.append(scored[start: start + len(s.evaluate)])
+            start += len(s.evaluate)
+    elif getattr(method, "block_scoring", False) and any(s.reset for s in pending):
+        per_step = _score_blocks(method, records, pending, reference, batch_size)
+    else:
+        per_step = [_score_step(method, records, s.evaluate, reference, batch_size) for s in pending]
     rows = []
-    for group in groups:
-        idx = [i for s in group for i in s.evaluate]
-        new = _score_step(method, records, idx, reference, batch_size)
-        at = [s.eval_at for s in group for _ in s.evaluate]
-        for i, row, eval_at in zip(idx, new, at):
-            row.update(eval_at=eval_at, step=k)
+    for s, new in zip(pending, per_step):
+        for i, row in zip(s.evaluate, new):
+            row.update(eval_at=s.eval_at, step=k)
             if i in fluent:
-                torch.manual_seed(seed * 100003 + i)
-                text = method.generate([records[i].prompt], max_new_tokens=fluency_tokens, do_sample=True,
-                                       top_k=5, min_new_tokens=fluency_tokens)[0]
-                row["fluency"] = ngram_entropy(text)
+                row["fluency"] = _fluency(method, records, s, i, fluency_tokens, seed)
         rows += new
     return rows
+
+
+def _fluency(method, records, step: Step, i: int, tokens: int, seed: int) -> float:
+    """Sampled generation for request ``i`` with its step's edits in place (seeded)."""
+    isolated = getattr(method, "block_scoring", False) and step.reset
+    if isolated:  # block scoring left nothing in place: put this block's edits in
+        method.restore()
+        method.edit([records[j] for j in step.edit])
+    try:
+        torch.manual_seed(seed * 100003 + i)
+        text = method.generate([records[i].prompt], max_new_tokens=tokens, do_sample=True, top_k=5,
+                               min_new_tokens=tokens)[0]
+    finally:
+        if isolated:
+            method.restore()
+    return ngram_entropy(text)
 
 
 def summarise(per_record: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame:
