@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 
 import faiss
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 
 from common import latencies, rss_bytes, save, timed
 
-from medrek.memory import MemoryConfig
+from medrek.memory import MemoryConfig, build_index
 
 QUERY_BATCH = 16
 AGREEMENT_QUERIES = 512
@@ -46,29 +45,11 @@ def noisy_queries(keys: np.ndarray, m: int, rng: np.random.Generator) -> tuple[n
 
 
 def build(kind: str, keys: np.ndarray) -> tuple[faiss.Index, float, int]:
-    """(index, build seconds incl. training, resident bytes added)."""
-    n, d = keys.shape
-    cfg = MemoryConfig(d, 1, 1)  # the kit's defaults for each index kind
+    """The kit's own index (``medrek.memory.build_index``, default settings): (index, build
+    seconds incl. IVF training, resident bytes added)."""
+    config = MemoryConfig(keys.shape[1], 1, 1, index=kind)
     before = rss_bytes()
-
-    def make():
-        if kind == "flat":
-            index = faiss.IndexFlatIP(d)
-        elif kind == "hnsw":
-            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efSearch = cfg.hnsw_ef_search
-        elif kind == "ivf":
-            nlist = min(cfg.ivf_nlist or max(1, int(4 * math.sqrt(n))), n // 39 or 1)
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = keys[np.random.default_rng(0).choice(n, min(n, 256 * nlist), replace=False)]
-            index.train(sample)
-            index.nprobe = min(cfg.ivf_nprobe, nlist)
-        else:
-            raise ValueError(kind)
-        index.add(keys)
-        return index
-
-    seconds, index = timed(make)
+    seconds, index = timed(lambda: build_index(config, keys))
     return index, seconds, max(0, rss_bytes() - before)
 
 
@@ -127,7 +108,7 @@ def main() -> None:
     save("memory_scale" + ("_full" if args.full else ""),
          {"query_batch": QUERY_BATCH, "agreement_queries": AGREEMENT_QUERIES, "rows": rows, "skipped": skipped,
           "settings": {k: v for k, v in vars(MemoryConfig(1, 1, 1)).items() if k.startswith(("hnsw", "ivf"))},
-          "notes": "latency per batch of 16 queries; ivf trains on up to 256 keys per list"})
+          "notes": "latency per batch of 16 queries; the kit's own indexes (medrek.memory.build_index)"})
 
 
 if __name__ == "__main__":

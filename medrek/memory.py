@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from .io import CheckpointError, atomic_path, read_checkpoint_meta, read_tensors, write_json
 
-__all__ = ["MemoryConfig", "Retrieval", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS"]
+__all__ = ["MemoryConfig", "Retrieval", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS", "build_index"]
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 FORMAT = "medrek.EditMemory/1"
@@ -39,10 +39,41 @@ class MemoryConfig:
     hnsw_ef_search: int = 128
     ivf_nlist: int = 0  # 0: about 4 sqrt(N) lists
     ivf_nprobe: int = 16
+    ivf_train_iterations: int = 10  # k-means iterations when (re)training the IVF lists
+    ivf_train_per_list: int = 64  # training sample: at most this many keys per list
 
     def __post_init__(self) -> None:
         if self.index not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {self.index!r}; choose one of {INDEX_KINDS}")
+
+
+def build_index(config: MemoryConfig, keys: np.ndarray) -> faiss.Index:
+    """The FAISS inner-product index of ``config.index`` holding ``keys`` [N, d].
+
+    ``ivf`` (with at least 64 keys; fewer fall back to exact search) uses about 4 sqrt(N)
+    lists, trained by k-means for ``ivf_train_iterations`` on at most ``ivf_train_per_list``
+    keys per list (a seeded sample), as FAISS recommends; ``hnsw`` is a flat HNSW graph.
+    """
+    d = config.key_dim
+    if config.index == "hnsw":
+        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = config.hnsw_ef_search
+    elif config.index == "ivf" and len(keys) >= 64:
+        nlist = config.ivf_nlist or max(1, int(4 * math.sqrt(len(keys))))
+        nlist = min(nlist, len(keys) // 39 or 1)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = config.ivf_train_iterations
+        sample = keys
+        if len(keys) > config.ivf_train_per_list * nlist:
+            rows = np.random.default_rng(0).choice(len(keys), config.ivf_train_per_list * nlist, replace=False)
+            sample = keys[np.sort(rows)]
+        index.train(np.ascontiguousarray(sample))
+        index.nprobe = min(config.ivf_nprobe, nlist)
+    else:
+        index = faiss.IndexFlatIP(d)
+    if len(keys):
+        index.add(np.ascontiguousarray(keys))
+    return index
 
 
 @dataclass
@@ -97,28 +128,11 @@ class EditMemory:
         return str(edit_id) in self._rows
 
     def _new_index(self) -> faiss.Index:
-        d, cfg = self.config.key_dim, self.config
-        if cfg.index == "hnsw":
-            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efSearch = cfg.hnsw_ef_search
-            return index
-        return faiss.IndexFlatIP(d)
+        return build_index(self.config, np.zeros((0, self.config.key_dim), dtype=np.float32))
 
     def _rebuild(self) -> None:
         """Rebuild the index from ``self.keys`` (after removal; IVF also retrains here)."""
-        keys = self.keys.numpy().astype(np.float32, copy=False)
-        if self.config.index == "ivf" and len(keys) >= 64:
-            nlist = self.config.ivf_nlist or max(1, int(4 * math.sqrt(len(keys))))
-            nlist = min(nlist, len(keys) // 39 or 1)
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.config.key_dim), self.config.key_dim,
-                                       nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(keys)
-            index.nprobe = min(self.config.ivf_nprobe, nlist)
-        else:
-            index = self._new_index()
-        if len(keys):
-            index.add(np.ascontiguousarray(keys))
-        self._index = index
+        self._index = build_index(self.config, self.keys.numpy().astype(np.float32, copy=False))
 
     # ---- editing -------------------------------------------------------------------------
     def add(self, ids: Sequence[str], keys: torch.Tensor, prompts: torch.Tensor,
