@@ -1,6 +1,6 @@
 """Run every benchmark, then render the README table. About 10-15 minutes on 2 cores.
 
-    python bench/run.py [--full] [--only memory_scale edit_insertion ...] [--skip-make-test]
+    python bench/run.py [--full] [--only memory_scale edit_insertion ...]
 
 ``--full`` adds the 1e6 size to the memory benchmark (more minutes and GBs of RAM). Each script
 writes bench/results/<name>.json; bench/render.py turns them into bench/results/TABLE.md and the
@@ -30,14 +30,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="memory benchmark up to 1e6 stored edits")
     parser.add_argument("--only", nargs="+", choices=sorted(STEPS), default=list(STEPS))
-    parser.add_argument("--skip-make-test", action="store_true", help="end-to-end: time the smoke pipeline only")
     args = parser.parse_args()
     for name in args.only:
         cmd = [sys.executable, str(HERE / STEPS[name][0]), *STEPS[name][1:]]
         if name == "memory_scale" and args.full:
             cmd.append("--full")
-        if name == "end_to_end" and args.skip_make_test:
-            cmd.append("--skip-make-test")
         start = time.perf_counter()
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         subprocess.run(cmd, check=True, cwd=HERE.parent)
