@@ -23,11 +23,11 @@ from medrek.models.registry import load_causal_lm
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n-edits", type=int, default=32)
-    parser.add_argument("--n-single", type=int, default=4)
+    parser.add_argument("--n-edits", type=int, default=16)
+    parser.add_argument("--n-single", type=int, default=2)
     parser.add_argument("--lm", default="smollm2-135m")
     parser.add_argument("--encoder", default="minilm-l6")
-    parser.add_argument("--stats-texts", type=int, default=1000)
+    parser.add_argument("--stats-texts", type=int, default=500)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ STEPS = {
     "edit_insertion": ["edit_insertion.py"],
     "inference_overhead": ["inference_overhead.py"],
     "train_throughput": ["train_throughput.py", "--config", "smoke"],
-    "train_throughput_small": ["train_throughput.py", "--config", "small"],
+    "train_throughput_small": ["train_throughput.py", "--config", "small", "--steps", "6"],
     "end_to_end": ["end_to_end.py"],
 }
 
