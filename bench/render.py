@@ -42,7 +42,8 @@ def memory_table(data: dict) -> list[str]:
 
 
 def render() -> str:
-    out = ["Measured with `python bench/run.py` (2-core CPU unless the JSON says otherwise); every ratio compares "
+    out = ["Measured with the scripts in `bench/` (`bench/run.py` runs them all; 2-core CPU unless the JSON says "
+           "otherwise; a row exists only for the scripts that have been run); every ratio compares "
            "two numbers of the same run. Latencies are per batch of 16 queries.", ""]
     for name in ("memory_scale_full", "memory_scale"):
         data = load(name)
