@@ -191,17 +191,42 @@ def test_block_scoring_equals_edit_score_restore(tiny_lm, make_editor):
     assert len(editor.memory) == 0
 
 
-def test_block_scored_protocol_matches_step_by_step(tmp_path, tiny_lm, make_editor):
+@pytest.mark.parametrize("protocol", ["batch-2", {"kind": "sequential", "batch_size": 2, "checkpoints": [2, 6]}])
+def test_block_scored_protocol_matches_step_by_step(tmp_path, tiny_lm, make_editor, protocol):
     recs = records()
+    protocol = Protocol.parse(protocol)
     reference = unedited_locality_predictions(EditedModel(*tiny_lm), recs)
 
     class StepByStep(RetrievalMethod):
         block_scoring = False
 
-    fast = run_protocol(RetrievalMethod(make_editor()), recs, Protocol("batch", 2), reference, tmp_path / "a.csv",
+    def firing():  # every stored edit beats the prototype, so what is stored shows in the scores
+        editor = make_editor("medrek", min_similarity=-1e9)
+        editor.memory.prototype_key.fill_(-1e3)
+        return editor
+
+    # fluency on the first block: under sequential it must not disturb the accumulated edits
+    fast = run_protocol(RetrievalMethod(firing()), recs, protocol, reference, tmp_path / "a.csv",
                         progress=False, fluency_n=1, fluency_tokens=6)
-    slow = run_protocol(StepByStep(make_editor()), recs, Protocol("batch", 2), reference, tmp_path / "b.csv",
+    slow = run_protocol(StepByStep(firing()), recs, protocol, reference, tmp_path / "b.csv",
                         progress=False, fluency_n=1, fluency_tokens=6)
     cols = ["record_id", "efficacy", "generality", "locality", "retrieved_prompt", "margin/prompt", "fluency"]
-    pd.testing.assert_frame_equal(fast[cols].sort_values("record_id").reset_index(drop=True),
-                                  slow[cols].sort_values("record_id").reset_index(drop=True), atol=1e-5)
+    key = ["eval_at", "record_id"]
+    pd.testing.assert_frame_equal(fast[cols + ["eval_at"]].sort_values(key).reset_index(drop=True),
+                                  slow[cols + ["eval_at"]].sort_values(key).reset_index(drop=True), atol=1e-5)
+
+
+def test_sequential_fluency_keeps_the_accumulated_edits(tmp_path, tiny_lm, make_editor):
+    recs = records()
+    reference = unedited_locality_predictions(EditedModel(*tiny_lm), recs)
+
+    class Spy(RetrievalMethod):
+        def score(self, prompts, targets, batch_size=32):
+            self.sizes.append(len(self.editor.memory))
+            return super().score(prompts, targets, batch_size=batch_size)
+
+    spy = Spy(make_editor())
+    spy.sizes = []
+    run_protocol(spy, recs, Protocol("sequential", 2, (2, 6)), reference, tmp_path / "s.csv", progress=False,
+                 fluency_n=1, fluency_tokens=4)
+    assert spy.sizes == [2, 6]

@@ -221,7 +221,9 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
     pending: list[Step] = []
     bar = tqdm(total=sum(map(len, todo)), desc=f"{method.name} {protocol.label}", disable=not progress)
     prepared_until = 0
-    together = method.stateless or (getattr(method, "block_scoring", False) and protocol.kind != "sequential")
+    # isolated: independent blocks scored against their own edits, nothing left in place
+    isolated = getattr(method, "block_scoring", False) and protocol.kind != "sequential" and not method.stateless
+    together = method.stateless or isolated
     try:
         for k, step in enumerate(steps[: last_needed + 1]):
             if not together:
@@ -236,7 +238,8 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
                 pending.append(Step(step.edit, todo[k], step.reset, step.eval_at))
             full = sum(len(s.evaluate) for s in pending) >= 256
             if pending and (not together or k == last_needed or full):
-                rows += _evaluate_pending(method, records, pending, reference, batch_size, fluent, fluency_tokens, seed, k)
+                rows += _evaluate_pending(method, records, pending, reference, batch_size, fluent, fluency_tokens, seed, k,
+                                          isolated)
                 bar.update(sum(len(s.evaluate) for s in pending))
                 pending = []
                 write_csv(path, pd.DataFrame(rows))
@@ -260,10 +263,11 @@ def _prepare_window(method, records, steps: list[Step], todo: list[list[int]], k
 
 
 def _evaluate_pending(method, records, pending: list[Step], reference, batch_size: int, fluent: set[int],
-                      fluency_tokens: int, seed: int, k: int) -> list[dict]:
-    """Score the pending evaluations. A stateless method's steps are scored together; a
-    block-scoring method (retrieval editors) scores each step against its own block's edits,
-    in shared LM batches; otherwise the method's current edits are in place."""
+                      fluency_tokens: int, seed: int, k: int, isolated: bool) -> list[dict]:
+    """Score the pending evaluations. A stateless method's steps are scored together; when
+    ``isolated`` (block-scoring retrieval editors under single/batch) each step is scored
+    against its own block's edits in shared LM batches; otherwise the method's current edits
+    are in place."""
     if method.stateless:
         idx = [i for s in pending for i in s.evaluate]
         scored = _score_step(method, records, idx, reference, batch_size)
@@ -271,7 +275,7 @@ def _evaluate_pending(method, records, pending: list[Step], reference, batch_siz
         for s in pending:
             per_step.append(scored[start: start + len(s.evaluate)])
             start += len(s.evaluate)
-    elif getattr(method, "block_scoring", False) and any(s.reset for s in pending):
+    elif isolated:
         per_step = _score_blocks(method, records, pending, reference, batch_size)
     else:
         per_step = [_score_step(method, records, s.evaluate, reference, batch_size) for s in pending]
@@ -280,14 +284,13 @@ def _evaluate_pending(method, records, pending: list[Step], reference, batch_siz
         for i, row in zip(s.evaluate, new):
             row.update(eval_at=s.eval_at, step=k)
             if i in fluent:
-                row["fluency"] = _fluency(method, records, s, i, fluency_tokens, seed)
+                row["fluency"] = _fluency(method, records, s, i, fluency_tokens, seed, isolated)
         rows += new
     return rows
 
 
-def _fluency(method, records, step: Step, i: int, tokens: int, seed: int) -> float:
+def _fluency(method, records, step: Step, i: int, tokens: int, seed: int, isolated: bool) -> float:
     """Sampled generation for request ``i`` with its step's edits in place (seeded)."""
-    isolated = getattr(method, "block_scoring", False) and step.reset
     if isolated:  # block scoring left nothing in place: put this block's edits in
         method.restore()
         method.edit([records[j] for j in step.edit])
