@@ -78,6 +78,14 @@ class FTLMethod(ParameterEditingMethod):
                              [r.target_new for r in records[i: i + size]]).to(self.model.device)
                 for i in range(0, len(records), size)]
 
+    def _hidden(self, chunks: list[PairBatch]) -> list[torch.Tensor | None]:
+        """Hidden states entering the edited layer per chunk (None: the shortcut is not exact
+        for this LM, so every step runs the full forward)."""
+        if self._shortcut is None:
+            self._shortcut = check_partial_forward(self.model.lm, self.layer, chunks[0].input_ids, chunks[0].attention_mask)
+        return [hidden_before(self.model.lm, self.layer, c.input_ids, c.attention_mask) if self._shortcut else None
+                for c in chunks]
+
     def prepare(self, blocks: Sequence[Sequence[EditRecord]]) -> None:
         """Fine-tune the weight deltas of several independent blocks at once (each block as if
         edited alone from the current weights); ``edit`` of a prepared block then only applies
@@ -91,10 +99,7 @@ class FTLMethod(ParameterEditingMethod):
         rows = [r for b in blocks for r in b]
         owner = torch.tensor([g for g, b in enumerate(blocks) for _ in b])
         chunks = self._chunks(rows)
-        if self._shortcut is None:
-            self._shortcut = check_partial_forward(self.model.lm, self.layer, chunks[0].input_ids, chunks[0].attention_mask)
-        hidden = [hidden_before(self.model.lm, self.layer, c.input_ids, c.attention_mask) if self._shortcut else None
-                  for c in chunks]
+        hidden = self._hidden(chunks)
         module = projection(self.model.lm, self.layer, self.config.module)
         deltas = torch.zeros(len(blocks), *self.weight.shape, device=self.weight.device, requires_grad=True)  # [G, out, in]
         optimizer = torch.optim.Adam([deltas], lr=cfg.lr)
@@ -134,10 +139,7 @@ class FTLMethod(ParameterEditingMethod):
             return
         cfg = self.config
         chunks = self._chunks(records)
-        if self._shortcut is None:
-            self._shortcut = check_partial_forward(self.model.lm, self.layer, chunks[0].input_ids, chunks[0].attention_mask)
-        hidden = [hidden_before(self.model.lm, self.layer, c.input_ids, c.attention_mask) if self._shortcut else None
-                  for c in chunks]
+        hidden = self._hidden(chunks)
         weight = self._touch("ft.weight", self.weight)
         before = weight.detach().clone()
         optimizer = torch.optim.Adam([weight], lr=cfg.lr)
