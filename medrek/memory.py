@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +23,7 @@ from safetensors.torch import save_file
 
 from .io import CheckpointError, atomic_path, read_checkpoint_meta, read_tensors, write_json
 
-__all__ = ["MemoryConfig", "Retrieval", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS", "build_index"]
+__all__ = ["MemoryConfig", "Retrieval", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS", "build_index", "search"]
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 FORMAT = "medrek.EditMemory/1"
@@ -74,6 +75,31 @@ def build_index(config: MemoryConfig, keys: np.ndarray) -> faiss.Index:
     if len(keys):
         index.add(np.ascontiguousarray(keys))
     return index
+
+
+@contextmanager
+def _blas_distances():
+    """Let FAISS compute exact inner products with BLAS for any number of queries.
+
+    FAISS (1.15) switches to BLAS only when ``n_queries * dim`` reaches
+    ``distance_compute_blas_threshold`` (128,000); below it, it scans every key once per query.
+    For 16-256 queries that is 2-5x slower on CPU than one BLAS product (bench/memory_scale.py),
+    and retrieval batches are in that range. The threshold is a process-wide FAISS setting, so
+    it is set for the duration of one search and then restored.
+    """
+    old = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 1
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = old
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores [B, k], rows [B, k]) of ``queries`` [B, d] in ``index``, exact
+    distances through BLAS (see ``_blas_distances``); -1 rows where fewer than k were found."""
+    with _blas_distances():
+        return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
 @dataclass
@@ -186,7 +212,7 @@ class EditMemory:
             ninf = torch.full((b,), -math.inf)
             return Retrieval(none, none.clone(), ninf, ninf.clone(), proto)
         k = min(2, len(self))
-        sims, rows = self._index.search(np.ascontiguousarray(q.numpy()), k)  # [B, k]
+        sims, rows = search(self._index, q.numpy(), k)  # [B, k]
         sims = torch.from_numpy(sims) * scale
         rows = torch.from_numpy(rows).long()
         top, top_rows = sims[:, 0], rows[:, 0]

@@ -1,9 +1,12 @@
 import math
 
+import faiss
+import numpy as np
 import pytest
 import torch
 
 from medrek import CheckpointError, EditMemory, MemoryConfig
+from medrek.memory import search
 
 
 def _memory(n=200, d=16, index="flat", seed=0, **kw):
@@ -24,6 +27,23 @@ def test_flat_top1_equals_brute_force():
     torch.testing.assert_close(r.scores, brute.max(1).values / math.sqrt(16), rtol=1e-5, atol=1e-5)
     second = brute.topk(2, dim=1).values[:, 1] / math.sqrt(16)
     torch.testing.assert_close(r.runner_up, second, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_queries", [1, 16, 300])
+def test_search_through_blas_matches_faiss_default_and_restores_the_threshold(n_queries):
+    # The BLAS path must find what FAISS's own kernels find (same rows, scores to float
+    # rounding) and leave FAISS's process-wide threshold as it was.
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((3000, 64), dtype=np.float32)
+    queries = rng.standard_normal((n_queries, 64), dtype=np.float32)
+    index = faiss.IndexFlatIP(64)
+    index.add(keys)
+    before = faiss.cvar.distance_compute_blas_threshold
+    scores, rows = search(index, queries, 2)
+    assert faiss.cvar.distance_compute_blas_threshold == before
+    ref_scores, ref_rows = index.search(queries, 2)
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-4)
 
 
 def test_hnsw_top1_mostly_agrees_with_exact():
