@@ -42,6 +42,7 @@ def main() -> None:
     ft = FTLMethod(model, FTConfig())
 
     def medrek_edit(recs):
+        editor.encoder.clear_cache()  # new requests: their texts have not been encoded before
         editor.edit(recs, batch_size=128)
 
     methods = {"medrek": (medrek_edit, editor.clear), "ft-l": (ft.edit, ft.restore), "memit": (memit.edit, memit.restore)}
