@@ -398,13 +398,20 @@ class Editor(nn.Module):
         queries = list(queries) if queries is not None else list(prompts)
 
         def retrieve(idx: list[int]) -> RowPrompts:
-            p, fired, r = self._prompts([queries[i] for i in idx], use_memory)
-            if r is None:
-                return RowPrompts()
-            ids = [self.memory.ids[int(k)] if k >= 0 else None for k in r.rows]
-            return RowPrompts(p, fired, ids, r.scores - r.prototype_scores)
+            return self.row_prompts([queries[i] for i in idx]) if use_memory else RowPrompts()
 
         return score_pairs(self.model, prompts, targets, retrieve, batch_size)
+
+    @torch.no_grad()
+    def row_prompts(self, texts: Sequence[str]) -> RowPrompts:
+        """Retrieval for ``texts`` as the LM consumes it: prompt tokens [B, T, H] (zeros where
+        nothing fired), the fired mask [B], the retrieved edit ids and the top-1 minus prototype
+        score margins [B]. An empty memory gives an empty :class:`RowPrompts` (the plain LM)."""
+        p, fired, r = self._prompts(texts, True)
+        if r is None:
+            return RowPrompts()
+        ids = [self.memory.ids[int(k)] if k >= 0 else None for k in r.rows]
+        return RowPrompts(p, fired, ids, r.scores - r.prototype_scores)
 
     @torch.no_grad()
     def generate(self, texts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16,

@@ -76,6 +76,21 @@ def test_edit_changes_scores_and_remove_restores_them(make_editor):
     assert not after.fired.any() and torch.equal(after.nll, before.nll)
 
 
+def test_row_prompts_carry_the_retrieved_edit(make_editor):
+    editor = make_editor()
+    assert editor.row_prompts(PROMPTS).prompts is None  # empty memory: the plain LM
+    editor.edit(REQUESTS)
+    _always_fire(editor)
+    rows = editor.row_prompts(PROMPTS)
+    r = editor.retrieve(PROMPTS)
+    assert rows.ids == [editor.memory.ids[int(k)] for k in r.rows]
+    torch.testing.assert_close(rows.prompts, editor.memory.prompts[r.rows])
+    torch.testing.assert_close(rows.margins, r.scores - r.prototype_scores)
+    _never_fire(editor)
+    rows = editor.row_prompts(PROMPTS)
+    assert rows.ids == [None] * len(PROMPTS) and not rows.fired.any() and not rows.prompts.any()
+
+
 def test_batched_generation_with_mixed_retrieval_equals_one_by_one(make_editor):
     editor = make_editor()
     editor.edit(REQUESTS[:2])

@@ -113,9 +113,8 @@ class RetrievalMethod(EditMethod):
             for block, p, t in jobs:
                 self.editor.memory = EditMemory(saved.config, saved.prototype_key)  # same gate, no edits
                 self.editor.edit(list(block), batch_size=128)
-                tokens, fired, r = self.editor._prompts(list(p), True)
-                ids = [self.editor.memory.ids[int(k)] if k >= 0 else None for k in r.rows]
-                found.append(RowPrompts(tokens.cpu(), fired.cpu(), ids, r.scores - r.prototype_scores))
+                rp = self.editor.row_prompts(list(p))
+                found.append(RowPrompts(rp.prompts.cpu(), rp.fired.cpu(), rp.ids, rp.margins))
                 prompts += list(p)
                 targets += list(t)
         finally:
