@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts: machine facts, timing, resident memory, JSON out."""
+"""Shared helpers of the benchmark scripts: machine facts, timing, JSON out."""
 
 from __future__ import annotations
 
@@ -28,15 +28,6 @@ def machine() -> dict[str, Any]:
         pass
     return {"platform": platform.platform(), "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
-
-
-def rss_bytes() -> int:
-    """Current resident set size (Linux /proc; 0 where unavailable)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -35,11 +35,16 @@ def at_target(entry: dict | None) -> str:
     return f"not reached ({last['agreement_top1']:.3f} at {knob} {last[knob]})"
 
 
+def index_bytes(row: dict) -> str:
+    sizes = [row[k].get("index_bytes_per_edit") if k in row else None for k in ("flat", "ivf", "hnsw")]
+    return " / ".join("-" if b is None else f"{b:,.0f}" for b in sizes)
+
+
 def memory_table(data: dict) -> list[str]:
     lines = ["| stored edits | dim | exact p50 / p99 ms | FAISS default p50 ms | torch p50 ms | exact / torch "
              "| IVF p50 ms | IVF top-1 agree | IVF for 0.99 | HNSW p50 ms | HNSW top-1 agree | HNSW for 0.99 "
-             "| exact adds/s |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|"]
+             "| exact adds/s | index bytes/edit (exact / IVF / HNSW) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|"]
     for r in data["rows"]:
         approx = []
         for entry in (r.get("ivf"), r.get("hnsw")):
@@ -49,9 +54,12 @@ def memory_table(data: dict) -> list[str]:
         lines.append(
             f"| {r['n']:,} | {r['dim']} | {ms(flat['p50_s'])} / {ms(flat['p99_s'])} "
             f"| {ms(default['p50_s']) if default else '-'} | {ms(r['torch']['p50_s'])} "
-            f"| {r['flat_vs_torch_p50']:.2f} | " + " | ".join(approx) + f" | {flat['adds_per_s']:,.0f} |")
+            f"| {r['flat_vs_torch_p50']:.2f} | " + " | ".join(approx) + f" | {flat['adds_per_s']:,.0f} "
+            f"| {index_bytes(r)} |")
     for s in data.get("skipped", []):
-        lines.append(f"| {s['n']:,} | {s['dim']} | skipped: {s['reason']} |" + "|" * 10)
+        keys_gb = 4 * s["n"] * s["dim"] / 1e9
+        lines.append(f"| {s['n']:,} | {s['dim']} | skipped: {s['reason']} (the keys alone are {keys_gb:.1f} GB) |"
+                     + "|" * 11)
     return lines
 
 
@@ -67,8 +75,9 @@ def render() -> str:
                     "with FAISS's own small-batch kernels, torch = `topk(q @ K.T)` as in the official code; "
                     "approximate indexes at the kit's defaults (IVF about 4 sqrt(N) lists, nprobe 16; HNSW M 32, "
                     "efSearch 128), then the narrowest swept setting that reaches 0.99 agreement with exact top-1). "
-                    "Memory per edit is 4 x dim bytes of key plus T x H x 4 bytes of prompt (6.9 KB for "
-                    "SmolLM2-135M with T = 3).", ""]
+                    "Index bytes per edit are the serialised index over the number of edits; an EditMemory "
+                    "also keeps each key as a tensor (4 x dim bytes) and its T x H float32 prompt tokens "
+                    "(6.9 KB for SmolLM2-135M with T = 3).", ""]
             out += memory_table(data) + [""]
             break
     ins = load("edit_insertion")
