@@ -118,6 +118,11 @@ def render() -> str:
         parts = [f"`make test` {e2e['make_test_s']:.0f} s (venv already built), of which the smoke pipeline "
                  f"(every notebook, tiny models) {e2e['smoke_pipeline_s']:.0f} s"]
         out += ["**End to end**: " + ", ".join(parts) + ".", ""]
+    runs = [(name, load(name)) for name in ("run", "run_full")]
+    runs = [f"`{'make bench FULL=1' if name == 'run_full' else 'make bench'}` {r['total_s'] / 60:.1f} min"
+            for name, r in runs if r]
+    if runs:
+        out += ["**Whole benchmark suite**: " + ", ".join(runs) + " (every script above, one after the other).", ""]
     return "\n".join(out).rstrip() + "\n"
 
 

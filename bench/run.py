@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import save
+
 HERE = Path(__file__).resolve().parent
 STEPS = {
     "memory_scale": ["memory_scale.py"],
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="memory benchmark up to 1e6 stored edits")
     parser.add_argument("--only", nargs="+", choices=sorted(STEPS), default=list(STEPS))
     args = parser.parse_args()
+    seconds: dict[str, float] = {}
     for name in args.only:
         cmd = [sys.executable, str(HERE / STEPS[name][0]), *STEPS[name][1:]]
         if name == "memory_scale" and args.full:
@@ -38,7 +41,11 @@ def main() -> None:
         start = time.perf_counter()
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         subprocess.run(cmd, check=True, cwd=HERE.parent)
-        print(f"== {name} took {time.perf_counter() - start:.0f} s", flush=True)
+        seconds[name] = time.perf_counter() - start
+        print(f"== {name} took {seconds[name]:.0f} s", flush=True)
+    if set(args.only) == set(STEPS):  # the whole suite: its wall time is itself a target (< 15 min)
+        save("run" + ("_full" if args.full else ""), {"seconds": seconds, "total_s": sum(seconds.values()),
+                                                       "full": args.full})
     subprocess.run([sys.executable, str(HERE / "render.py")], check=True, cwd=HERE.parent)
 
 
