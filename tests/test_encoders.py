@@ -46,6 +46,21 @@ def test_frozen_backbone_features_are_cached_and_heads_still_train(tiny_encoder)
     assert all(p.grad is None for p in enc.backbone.parameters())
 
 
+def test_feature_cache_keeps_the_most_recent_texts_within_its_budget(tiny_encoder):
+    backbone, tok = tiny_encoder
+    cfg = KnowledgeEncoderConfig("tiny-bert", key_dim=8, n_prototype_tokens=2)
+    h = backbone.config.hidden_size
+    enc = KnowledgeEncoder(backbone, tok, cfg, cache_bytes=2 * 4 * h * 4)  # room for 2 texts
+    assert enc.cache_capacity == 2
+    first = enc.features(["abc", "de", "f"])  # more new texts than fit: still answered
+    assert list(enc._feature_cache) == ["de", "f"]
+    enc.features(["de"])  # a hit makes "de" the most recent
+    enc.features(["gh"])
+    assert list(enc._feature_cache) == ["de", "gh"]
+    again = enc.features(["abc", "de", "f"])  # evicted texts are recomputed, to the same values
+    torch.testing.assert_close(again, first)
+
+
 def _prompt_encoder(kind):
     torch.manual_seed(0)
     return PromptEncoder.from_config(PromptEncoderConfig(kind, value_dim=16, lm_hidden=24, n_tokens=3,

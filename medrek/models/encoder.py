@@ -13,6 +13,7 @@ body and the knowledge head; every query is also compared with it at retrieval t
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import NamedTuple, Sequence
 
@@ -65,9 +66,13 @@ class KnowledgeEncoder(nn.Module):
 
     With a frozen backbone (``train_backbone=False``) the pooled features of each text are
     cached, since they cannot change: training then costs one backbone pass per distinct text.
+    The cache keeps the most recently used texts up to ``cache_bytes`` (default 1 GiB: about
+    170,000 texts for a 384-wide encoder such as MiniLM-L6), so a long-lived editor that keeps
+    meeting new queries does not grow without bound.
     """
 
-    def __init__(self, backbone: nn.Module, tokenizer, config: KnowledgeEncoderConfig) -> None:
+    def __init__(self, backbone: nn.Module, tokenizer, config: KnowledgeEncoderConfig,
+                 cache_bytes: int = 1 << 30) -> None:
         super().__init__()
         config.hidden_size = int(backbone.config.hidden_size)
         self.config = config
@@ -78,7 +83,8 @@ class KnowledgeEncoder(nn.Module):
         self.knowledge_head = ResidualHead(4 * h, d)
         self.prototype_tokens = nn.Parameter((torch.rand(1, config.n_prototype_tokens, h) - 0.5) * 0.1)
         self.backbone.requires_grad_(config.train_backbone)
-        self._feature_cache: dict[str, torch.Tensor] = {}
+        self._feature_cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recently used first
+        self.cache_capacity = max(0, cache_bytes // (4 * h * 4))  # texts; features are [4h] float32
 
     @property
     def device(self) -> torch.device:
@@ -107,12 +113,21 @@ class KnowledgeEncoder(nn.Module):
         """Pooled features [B, 4h]; cached per text while the backbone is frozen."""
         if self.config.train_backbone:
             return self.pool(self.encode_tokens(texts))
-        missing = list(dict.fromkeys(t for t in texts if t not in self._feature_cache))
+        cache = self._feature_cache
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        fresh: dict[str, torch.Tensor] = {}
         if missing:
             with torch.no_grad():
-                feats = self.pool(self.encode_tokens(missing))
-            self._feature_cache.update(zip(missing, feats))
-        return torch.stack([self._feature_cache[t] for t in texts])
+                # one copy per row, so evicting a text frees its memory (a view would pin the batch)
+                fresh = {t: f.clone() for t, f in zip(missing, self.pool(self.encode_tokens(missing)))}
+        rows = torch.stack([fresh[t] if t in fresh else cache[t] for t in texts])
+        for t in dict.fromkeys(texts):
+            if t in cache:
+                cache.move_to_end(t)
+        cache.update(fresh)
+        while len(cache) > self.cache_capacity:
+            cache.popitem(last=False)
+        return rows
 
     def clear_cache(self) -> None:
         self._feature_cache.clear()
