@@ -5,7 +5,7 @@
 The memory holds the real test requests that are queried plus random keys and prompts up to
 ``--n-edits`` (retrieval cost depends on the count, not on what is stored). Generation uses
 ``min_new_tokens`` so both runs produce the same number of tokens; teacher-forced scoring is
-timed on (prompt, target) pairs. Edited and unedited runs alternate ``--repeat`` times (medians),
+timed on (prompt, target) pairs. Edited and unedited runs alternate ``--repeat`` times (best of),
 each after emptying the encoder's feature cache, so query encoding is paid as a deployed editor
 pays it. Ratios edited / unedited are within this run; the goal is at most 1.10 on CPU.
 Retrieval's share (query encoding plus search, timed inside the edited calls) is over the edited
@@ -15,7 +15,6 @@ time; the rest of the overhead is the LM reading the T prompt positions of every
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ def main() -> None:
     parser.add_argument("--n-queries", type=int, default=16)
     parser.add_argument("--n-score", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--checkpoint", default="checkpoints/small/medrek")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
@@ -86,16 +85,17 @@ def main() -> None:
                 times.setdefault(f"{job}_{name}", []).append(timed(lambda: fn(use))[0])
                 if use:
                     times.setdefault(f"{job}_retrieval", []).append(retrieval["s"])
-    med = {k: statistics.median(v) for k, v in times.items()}
-    result["seconds"] = med
-    result["generation_overhead_ratio"] = med["generate_edited"] / med["generate_unedited"]
-    result["scoring_overhead_ratio"] = med["score_edited"] / med["score_unedited"]
-    result["score_unedited_rows_per_s"] = len(prompts) / med["score_unedited"]
-    result["score_edited_rows_per_s"] = len(prompts) / med["score_edited"]
+    # Best of the repeats: the work is deterministic, so machine noise can only add time.
+    best = {k: min(v) for k, v in times.items()}
+    result["seconds"] = best
+    result["generation_overhead_ratio"] = best["generate_edited"] / best["generate_unedited"]
+    result["scoring_overhead_ratio"] = best["score_edited"] / best["score_unedited"]
+    result["score_unedited_rows_per_s"] = len(prompts) / best["score_unedited"]
+    result["score_edited_rows_per_s"] = len(prompts) / best["score_edited"]
     # Shares of the edited time: retrieval; the rest of the overhead is the LM reading T more
     # positions in every row that fired.
     for job in jobs:
-        edited, unedited, retr = med[f"{job}_edited"], med[f"{job}_unedited"], med[f"{job}_retrieval"]
+        edited, unedited, retr = best[f"{job}_edited"], best[f"{job}_unedited"], best[f"{job}_retrieval"]
         result[f"retrieval_share_{job}"] = retr / edited
         result[f"prompt_positions_share_{job}"] = (edited - unedited - retr) / edited
     result["goal_ratio"] = 1.10

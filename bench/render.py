@@ -93,7 +93,7 @@ def render() -> str:
     inf = load("inference_overhead")
     if inf:
         out += [f"**Inference overhead** (SmolLM2-135M with the committed MedREK editor, {inf['n_edits']:,} stored "
-                f"edits; medians of {inf.get('repeat', 1)} alternating runs, query encoding included): generation "
+                f"edits; best of {inf.get('repeat', 1)} alternating runs, query encoding included): generation "
                 f"({inf['n_queries']} prompts, {inf['max_new_tokens']} tokens, {inf['fired_on_queries']} fire) "
                 f"edited / unedited = **{inf['generation_overhead_ratio']:.3f}**; teacher-forced scoring "
                 f"({inf.get('n_score', '?')} pairs) **{inf['scoring_overhead_ratio']:.3f}** (goal <= {inf['goal_ratio']}). "
