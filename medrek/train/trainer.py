@@ -20,7 +20,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,19 +44,11 @@ RESUMABLE_CHANGES = {"steps", "eval_every", "checkpoint_every", "log_every", "pr
 
 
 @dataclass
-class TrainConfig:
-    """Every knob of a training run (all of them are notebook parameters)."""
+class TrainConfig(EditorConfig):
+    """Every knob of a training run (all of them are notebook parameters): the editor's own
+    (inherited from :class:`EditorConfig`) and the optimisation's."""
 
-    # editor
-    method: str = "medrek"
-    lm: str = "smollm2-135m"
-    encoder: str = "minilm-l6"
-    key_dim: int = 1024
-    n_tokens: int = 3
-    n_heads: int = 8
-    n_prototype_tokens: int = 10
-    train_backbone: bool = False
-    max_length: int = 128
+    key_dim: int = 1024  # smaller than the editor's 4096 default: CPU training
     # optimisation
     batch_size: int = 8
     steps: int = 1000
@@ -88,16 +80,15 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose constant or cosine")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (the contrastive terms compare records)")
 
     def editor_config(self) -> EditorConfig:
-        return EditorConfig(method=self.method, lm=self.lm, encoder=self.encoder, key_dim=self.key_dim,
-                            n_tokens=self.n_tokens, n_heads=self.n_heads,
-                            n_prototype_tokens=self.n_prototype_tokens, max_length=self.max_length,
-                            train_backbone=self.train_backbone)
+        """The editor this run trains (the inherited fields)."""
+        return EditorConfig(**{f.name: getattr(self, f.name) for f in fields(EditorConfig)})
 
 
 class _CsvLog:
