@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -77,6 +78,9 @@ def build_index(config: MemoryConfig, keys: np.ndarray) -> faiss.Index:
     return index
 
 
+_BLAS_THRESHOLD_LOCK = threading.Lock()
+
+
 @contextmanager
 def _blas_distances():
     """Let FAISS compute exact inner products with BLAS for any number of queries.
@@ -85,14 +89,16 @@ def _blas_distances():
     ``distance_compute_blas_threshold`` (128,000); below it, it scans every key once per query.
     For 16-256 queries that is 2-5x slower on CPU than one BLAS product (bench/memory_scale.py),
     and retrieval batches are in that range. The threshold is a process-wide FAISS setting, so
-    it is set for the duration of one search and then restored.
+    it is set for the duration of one search and then restored, under a lock so that searches
+    from several threads cannot restore each other's value.
     """
-    old = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 1
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = old
+    with _BLAS_THRESHOLD_LOCK:
+        old = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = 1
+        try:
+            yield
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = old
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

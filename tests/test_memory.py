@@ -46,6 +46,19 @@ def test_search_through_blas_matches_faiss_default_and_restores_the_threshold(n_
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-4)
 
 
+def test_concurrent_searches_leave_the_faiss_threshold_as_it_was():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(1)
+    index = faiss.IndexFlatIP(32)
+    index.add(rng.standard_normal((2000, 32), dtype=np.float32))
+    queries = rng.standard_normal((8, 32), dtype=np.float32)
+    before = faiss.cvar.distance_compute_blas_threshold
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: search(index, queries, 2), range(200)))
+    assert faiss.cvar.distance_compute_blas_threshold == before
+
+
 def test_hnsw_top1_mostly_agrees_with_exact():
     mem, keys, g = _memory(n=2000, index="hnsw")
     queries = torch.randn(200, 16, generator=g)
