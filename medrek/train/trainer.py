@@ -187,8 +187,12 @@ class Trainer:
             texts.update([r.prompt, r.rephrase, edit_text(r.prompt, r.target_new)])
             texts.update(p.prompt for p in r.locality.values())
         ordered = sorted(texts, key=lambda t: (len(t), t))
+        # the cache must hold every training text (and the validation subset's): otherwise its
+        # least-recently-used eviction would recompute features every epoch
+        encoder = self.editor.encoder
+        encoder.cache_capacity = max(encoder.cache_capacity, len(ordered) + 8 * len(self.valid_records))
         for start in range(0, len(ordered), 256):
-            self.editor.encoder.features(ordered[start: start + 256])
+            encoder.features(ordered[start: start + 256])
 
     # ---- the objective -------------------------------------------------------------------------
     def compute_losses(self, batch: Sequence[EditRecord]) -> dict[str, torch.Tensor]:
