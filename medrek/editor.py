@@ -26,7 +26,7 @@ from .evaluate.metrics import prediction_positions, teacher_forced_selected
 from .io import CheckpointError, atomic_path, read_checkpoint_meta, read_tensors, write_json
 from .memory import EditMemory, Explanation, MemoryConfig, Retrieval
 from .methods import edit_text, get_preset
-from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig
+from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig, TokenStates
 from .models.prompt import PromptEncoder, PromptEncoderConfig
 from .models.registry import load_causal_lm, load_encoder
 
@@ -49,14 +49,16 @@ class PairBatch:
         return PairBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.target_mask)))
 
 
-def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int = 256) -> PairBatch:
-    """Tokenise ``prompt`` (with the tokenizer's special tokens) followed by ``" " + target``."""
+def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int = 256,
+                 add_special_tokens: bool = True) -> PairBatch:
+    """Tokenise ``prompt`` (with the tokenizer's special tokens unless ``add_special_tokens`` is
+    False, as for chat-formatted prompts) followed by ``" " + target``."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     empty = [i for i, t in enumerate(targets) if not t.strip()]
     if empty:
         raise ValueError(f"target {empty[0]} is empty")
-    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    p_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     t_ids = tokenizer([" " + t.strip() for t in targets], add_special_tokens=False)["input_ids"]
     rows = []
     for i, (p, t) in enumerate(zip(p_ids, t_ids)):
@@ -76,6 +78,17 @@ def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_
     return PairBatch(input_ids, attention, target)
 
 
+CHAT_TEMPLATE_SETTINGS = ("auto", "none")
+
+
+def resolve_chat_template(tokenizer, setting: str) -> bool:
+    """Whether questions go through the tokenizer's chat template: ``auto`` (when it has one) or
+    ``none`` (plain text, as the paper's LMs are queried)."""
+    if setting not in CHAT_TEMPLATE_SETTINGS:
+        raise ValueError(f"chat_template must be one of {CHAT_TEMPLATE_SETTINGS}, got {setting!r}")
+    return setting == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+
 # ---------------------------------------------------------------------------------------------
 # The frozen LM with prompt injection
 # ---------------------------------------------------------------------------------------------
@@ -83,16 +96,41 @@ class EditedModel(nn.Module):
     """A frozen causal LM with per-row prompt tokens prepended at the first layer.
 
     Layout of a batch with prompts: ``[T prompt slots][the tokenised text]``; a row without a
-    prompt has its T slots masked out, and position ids follow the attention mask, so masked
-    slots (and left padding) are invisible. A batch where no row has a prompt is passed to
+    prompt has its T slots masked out, and so has every all-zero slot (a prompt encoder's
+    padding); position ids follow the attention mask, so masked slots (and left padding) are
+    invisible. A batch where no row has a prompt is passed to
     the LM untouched, so its logits are exactly the base model's.
+
+    With ``chat_template`` every question is rendered as one user turn of the tokenizer's chat
+    template (generation prompt included) before tokenisation, for scoring and generation alike;
+    the answer follows the assistant header.
     """
 
-    def __init__(self, lm: nn.Module, tokenizer) -> None:
+    def __init__(self, lm: nn.Module, tokenizer, chat_template: bool = False) -> None:
         super().__init__()
         self.lm = lm
         self.tokenizer = tokenizer
+        self.chat_template = bool(chat_template)
+        if self.chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat_template=True but this tokenizer has no chat template")
         lm.requires_grad_(False)
+
+    def format(self, texts: Sequence[str]) -> list[str]:
+        """Questions as the LM reads them: plain, or one user turn of the chat template."""
+        if not self.chat_template:
+            return list(texts)
+        return [self.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                   add_generation_prompt=True) for t in texts]
+
+    def encode_pairs(self, prompts: Sequence[str], targets: Sequence[str], max_length: int = 256) -> PairBatch:
+        """:func:`encode_pairs` of the formatted prompts (the template carries its own special tokens)."""
+        return encode_pairs(self.tokenizer, self.format(prompts), targets, max_length,
+                            add_special_tokens=not self.chat_template)
+
+    def encode_queries(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Formatted, left-padded questions for generation: ``input_ids``, ``attention_mask``."""
+        return self.tokenizer(self.format(texts), return_tensors="pt", padding=True, padding_side="left",
+                              add_special_tokens=not self.chat_template).to(self.device)
 
     @property
     def hidden_size(self) -> int:
@@ -106,9 +144,24 @@ class EditedModel(nn.Module):
         """-> inputs_embeds [B, T + L, H], attention mask [B, T + L]."""
         embeds = self.lm.get_input_embeddings()(input_ids)  # [B, L, H]
         prompts = prompts.to(embeds.dtype) * fired[:, None, None].to(embeds.dtype)
-        T = prompts.shape[1]
-        slot_mask = fired[:, None].expand(-1, T).to(attention_mask.dtype)
+        slot_mask = prompts.ne(0).any(-1).to(attention_mask.dtype)  # [B, T]: all-zero slots are padding
         return torch.cat([prompts, embeds], 1), torch.cat([slot_mask, attention_mask], 1)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], max_tokens: int) -> TokenStates:
+        """The LM's input embeddings of ``texts`` (no special tokens), left-padded, each cut to its
+        last ``max_tokens`` tokens: states [B, n, H], mask [B, n]."""
+        ids = [row[-max_tokens:] for row in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        n = max(1, max(len(r) for r in ids))
+        input_ids = torch.full((len(ids), n), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros(len(ids), n, dtype=torch.long)
+        for i, row in enumerate(ids):
+            if row:
+                input_ids[i, n - len(row):] = torch.tensor(row)
+                mask[i, n - len(row):] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        states = self.lm.get_input_embeddings()(input_ids)  # [B, n, H]
+        return TokenStates(states, mask, states[:, -1])
 
     @property
     def _plain_head(self) -> bool:
@@ -205,9 +258,14 @@ class EditorConfig:
     train_backbone: bool = False
     index: str = "flat"
     min_similarity: float | None = None
+    chat_template: str = "auto"  # auto: questions go through the LM tokenizer's chat template, if any; none: plain text
+    n_prefix_tokens: int = 4  # learned frame before the edit text (lm_embedding prompt encoders)
+    n_suffix_tokens: int = 2  # learned frame after it
 
     def __post_init__(self) -> None:
         get_preset(self.method)
+        if self.chat_template not in CHAT_TEMPLATE_SETTINGS:
+            raise ValueError(f"chat_template must be one of {CHAT_TEMPLATE_SETTINGS}, got {self.chat_template!r}")
 
 
 @dataclass
@@ -246,7 +304,7 @@ def score_pairs(model: "EditedModel", prompts: Sequence[str], targets: Sequence[
     acc, nll, fired_all, ids_all, preds, margins = [], [], [], [], [], []
     for part in _batches(len(order), batch_size):
         idx = order[part]
-        batch = encode_pairs(model.tokenizer, [prompts[i] for i in idx], [targets[i] for i in idx]).to(model.device)
+        batch = model.encode_pairs([prompts[i] for i in idx], [targets[i] for i in idx]).to(model.device)
         rp = retrieve(idx) if retrieve is not None else RowPrompts()
         positions = prediction_positions(batch.target_mask)
         logits = model(batch.input_ids, batch.attention_mask, rp.prompts, rp.fired, positions=positions)  # [N, V]
@@ -306,11 +364,14 @@ class Editor(nn.Module):
         enc_cfg = KnowledgeEncoderConfig(config.encoder, config.key_dim, config.n_prototype_tokens,
                                          config.max_length, config.train_backbone)
         encoder = KnowledgeEncoder(backbone, enc_tok, enc_cfg).to(device)
-        model = EditedModel(lm_model, lm_tok)
+        model = EditedModel(lm_model, lm_tok, resolve_chat_template(lm_tok, config.chat_template))
         prompt_cfg = PromptEncoderConfig(get_preset(config.method).prompt_kind, config.key_dim,
                                          model.hidden_size, config.n_tokens, config.n_heads,
-                                         encoder.config.hidden_size)
+                                         encoder.config.hidden_size, config.n_prefix_tokens, config.n_suffix_tokens)
         prompt_encoder = PromptEncoder.from_config(prompt_cfg).to(device)
+        if prompt_encoder.needs_lm_tokens:  # the learned frame starts as IKE's text frame
+            prompt_encoder.initialise_frame(model.embed_texts(["New fact:"], prompt_cfg.n_prefix).states[0],
+                                            model.embed_texts([".\n"], prompt_cfg.n_suffix).states[0])
         return cls(config, model, encoder, prompt_encoder)
 
     def new_memory(self) -> EditMemory:
@@ -325,7 +386,10 @@ class Editor(nn.Module):
         """Keys [N, d] and prompt tokens [N, T, H] of edits (differentiable; the trainer uses it)."""
         texts = [edit_text(p, t) for p, t in zip(prompts, targets)]
         tokens = None
-        if self.prompt_encoder.needs_tokens:
+        if self.prompt_encoder.needs_lm_tokens:
+            tokens = self.model.embed_texts(texts, self.prompt_encoder.config.text_slots)
+            values = self.encoder.knowledge(texts)
+        elif self.prompt_encoder.needs_tokens:
             tokens = self.encoder.encode_tokens(texts)
             values = self.encoder.knowledge_head(self.encoder.pool(tokens))
         else:
@@ -421,7 +485,7 @@ class Editor(nn.Module):
         out: list[str] = []
         generate_kwargs.setdefault("do_sample", False)
         for part in _batches(len(texts), batch_size):
-            batch = tok(list(texts[part]), return_tensors="pt", padding=True, padding_side="left").to(self.model.device)
+            batch = self.model.encode_queries(list(texts[part]))
             p, fired, _ = self._prompts(texts[part], use_memory)
             new = self.model.generate(batch["input_ids"], batch["attention_mask"], p, fired,
                                       max_new_tokens=max_new_tokens, **generate_kwargs)
@@ -472,7 +536,8 @@ class Editor(nn.Module):
         folder = Path(folder)
         meta_path = folder / "editor.json"
         meta = read_checkpoint_meta(meta_path, FORMAT, "editor checkpoint")
-        editor = cls.build(EditorConfig(**meta["config"]), device=device, lm=lm, **overrides)
+        config = {"chat_template": "none", **meta["config"]}  # editors saved before the setting asked plainly
+        editor = cls.build(EditorConfig(**config), device=device, lm=lm, **overrides)
         if editor.model.hidden_size != meta["lm_hidden"]:
             raise CheckpointError(f"{meta_path}: trained for an LM of hidden size {meta['lm_hidden']}, "
                                   f"got {editor.model.hidden_size}")

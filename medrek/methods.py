@@ -5,7 +5,9 @@
 * ``recipe``: key = value = k(prompt + " " + target), RECIPE's MLP prompt encoder;
 * ``medrek-no-shared-qk``: RECIPE-style keys with the attention prompt encoder (ablation);
 * ``medrek-no-attention``: shared keys with a linear prompt encoder (ablation);
-* ``token_attention``: shared keys with the token-level attention prompt encoder (kit variant).
+* ``token_attention``: shared keys with the token-level attention prompt encoder (kit variant);
+* ``medrek-lm-embedding``: shared keys; the prompt is the LM's own embeddings of the edit text in
+  a learned frame (the kit's working variant: see ``bench/capacity_ladder.py`` for why).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ PRESETS: dict[str, MethodPreset] = {
         MethodPreset("medrek-no-shared-qk", False, "attention"),
         MethodPreset("medrek-no-attention", True, "linear"),
         MethodPreset("token_attention", True, "token_attention"),
+        MethodPreset("medrek-lm-embedding", True, "lm_embedding"),
     )
 }
 

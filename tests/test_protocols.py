@@ -128,7 +128,7 @@ def test_summarise_means_and_avg():
                                "step": [0, 1, 1, 1], "efficacy": [1.0, 0.0, 0.5, 0.5],
                                "generality": [0.5, 0.5, 0.0, 1.0], "locality": [1.0, 0.5, 1.0, 1.0],
                                "fluency": [5.0, math.nan, math.nan, math.nan]})
-    ctx = {"method": "m", "lm": "l", "encoder": "e", "dataset": "d", "split": "test", "protocol": "batch",
+    ctx = {"method": "m", "lm": "l", "encoder": "e", "chat_template": "none", "dataset": "d", "split": "test", "protocol": "batch",
            "batch_size": 2, "seed": 0, "run_id": "r"}
     table = summarise(per_record, ctx)
     assert list(table.columns) == RESULT_COLUMNS
@@ -141,7 +141,7 @@ def test_summarise_means_and_avg():
 
 
 def test_upsert_replaces_rows_with_the_same_key(tmp_path):
-    ctx = {"method": "m", "lm": "l", "encoder": "e", "dataset": "d", "split": "test", "protocol": "batch",
+    ctx = {"method": "m", "lm": "l", "encoder": "e", "chat_template": "none", "dataset": "d", "split": "test", "protocol": "batch",
            "batch_size": 2, "seed": 0, "run_id": "r", "eval_at": 2}
     first = pd.DataFrame([{**ctx, "metric": "efficacy", "value": 0.1, "n": 2},
                           {**ctx, "metric": "locality", "value": 0.9, "n": 2}])

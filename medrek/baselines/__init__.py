@@ -12,7 +12,7 @@ import os
 from dataclasses import fields
 from typing import Any, Mapping, Sequence
 
-from ..editor import EditedModel, Editor
+from ..editor import EditedModel, Editor, resolve_chat_template
 from ..methods import PRESETS
 from .base import EditMethod, ParameterEditingMethod, RetrievalMethod, UneditedMethod
 from .ft import FTConfig, FTLMethod
@@ -38,29 +38,40 @@ def config_from(cls, values: Mapping[str, Any] | None, where: str):
 def build_method(name: str, lm: tuple[Any, Any], *, checkpoints: Mapping[str, str | os.PathLike[str]] | None = None,
                  ike_retriever: str = "medrek", ft: Mapping[str, Any] | None = None,
                  memit: Mapping[str, Any] | None = None, memit_texts: Sequence[str] = (), lm_name: str = "lm",
-                 cache_dir: str | os.PathLike[str] | None = None, device: str = "cpu") -> EditMethod:
+                 cache_dir: str | os.PathLike[str] | None = None, device: str = "cpu",
+                 chat_template: str = "none") -> EditMethod:
     """Build method ``name`` on the loaded ``lm`` (model, tokenizer), shared by all methods.
 
     ``checkpoints`` maps a retrieval method's name to its trained editor folder
-    (``Editor.save``); ``ike`` uses the one of ``ike_retriever``.
+    (``Editor.save``); ``ike`` uses the one of ``ike_retriever``. ``chat_template`` (auto | none)
+    is how every method's LM is asked; a trained editor must have been trained the same way.
     """
     checkpoints = dict(checkpoints or {})
+    use_template = resolve_chat_template(lm[1], chat_template)
 
     def editor(method: str) -> Editor:
         if method not in checkpoints:
             raise ValueError(f"method {name!r} needs a trained {method!r} editor: none given in checkpoints "
                              f"(have {sorted(checkpoints)})")
-        return Editor.load(checkpoints[method], lm=lm, device=device)
+        loaded = Editor.load(checkpoints[method], lm=lm, device=device)
+        if loaded.model.chat_template != use_template:
+            raise ValueError(f"{checkpoints[method]}: this {method!r} editor was trained with chat_template="
+                             f"{loaded.config.chat_template!r}, but this evaluation uses chat_template={chat_template!r}: "
+                             f"retrain it, or evaluate with the setting it was trained with")
+        return loaded
+
+    def plain() -> EditedModel:
+        return EditedModel(*lm, chat_template=use_template)
 
     if name == "unedited":
-        return UneditedMethod(EditedModel(*lm))
+        return UneditedMethod(plain())
     if name in PRESETS:
         return RetrievalMethod(editor(name), name)
     if name == "ike":
         return InContextMethod(editor(ike_retriever))
     if name == "ft-l":
-        return FTLMethod(EditedModel(*lm), config_from(FTConfig, ft, "ft-l settings"))
+        return FTLMethod(plain(), config_from(FTConfig, ft, "ft-l settings"))
     if name == "memit":
-        return MEMITMethod(EditedModel(*lm), memit_texts, config_from(MEMITConfig, memit, "memit settings"),
+        return MEMITMethod(plain(), memit_texts, config_from(MEMITConfig, memit, "memit settings"),
                            lm_name=lm_name, cache_dir=cache_dir)
     raise ValueError(f"unknown method {name!r}; expected one of {list(METHODS)}")

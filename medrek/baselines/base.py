@@ -28,8 +28,7 @@ def generate_plain(model: EditedModel, texts: Sequence[str], max_new_tokens: int
     tok, out = model.tokenizer, []
     kwargs.setdefault("do_sample", False)
     for start in range(0, len(texts), batch_size):
-        batch = tok(list(texts[start: start + batch_size]), return_tensors="pt", padding=True,
-                    padding_side="left").to(model.device)
+        batch = model.encode_queries(list(texts[start: start + batch_size]))
         new = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, **kwargs)
         out += tok.batch_decode(new, skip_special_tokens=True)
     return out

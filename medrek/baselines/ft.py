@@ -73,9 +73,9 @@ class FTLMethod(ParameterEditingMethod):
         self._prepared: dict[tuple[str, ...], torch.Tensor] = {}  # block ids -> weight delta
 
     def _chunks(self, records: Sequence[EditRecord]) -> list[PairBatch]:
-        tok, size = self.model.tokenizer, self.config.rows_per_chunk
-        return [encode_pairs(tok, [r.prompt for r in records[i: i + size]],
-                             [r.target_new for r in records[i: i + size]]).to(self.model.device)
+        size = self.config.rows_per_chunk
+        return [self.model.encode_pairs([r.prompt for r in records[i: i + size]],
+                                        [r.target_new for r in records[i: i + size]]).to(self.model.device)
                 for i in range(0, len(records), size)]
 
     def _hidden(self, chunks: list[PairBatch]) -> list[torch.Tensor | None]:

@@ -191,8 +191,8 @@ class MEMITMethod(ParameterEditingMethod):
 
     def edit(self, records: Sequence[EditRecord]) -> None:
         cfg = self.config
-        batch = encode_pairs(self.model.tokenizer, [r.prompt for r in records],
-                             [r.target_new for r in records]).to(self.model.device)
+        batch = self.model.encode_pairs([r.prompt for r in records],
+                                        [r.target_new for r in records]).to(self.model.device)
         lookup = _lookup_positions(batch)
         z = self._targets(batch, lookup)  # [N, H]
         for i, layer in enumerate(self.layers):

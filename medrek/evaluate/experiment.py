@@ -31,6 +31,7 @@ class EvaluationSetup:
     lm: str
     run_id: str
     seed: int = 0
+    chat_template: str = "none"  # how every method's LM was asked (auto | none), recorded in each row
     batch_size: int = 32  # rows per LM forward
     fluency_n: int = 0
     fluency_tokens: int = 100
@@ -84,6 +85,7 @@ def evaluate_methods(methods: Sequence[str], build: Callable[[str], Any], record
             if protocol.batch_size > len(records):
                 continue  # a batch larger than the split is the same as batch = all; not repeated
             context = {"method": name, "lm": setup.lm, "encoder": encoder.encoder if encoder else "-",
+                       "chat_template": setup.chat_template,
                        "dataset": setup.dataset, "split": setup.split, "protocol": protocol.kind,
                        "batch_size": protocol.batch_size, "seed": setup.seed, "run_id": setup.run_id}
             rows = run_protocol(method, records, protocol, reference, records_path(metrics_dir, setup, name, protocol),

@@ -33,8 +33,8 @@ __all__ = ["Protocol", "Step", "plan", "unedited_locality_predictions", "run_pro
            "RESULT_COLUMNS", "ResumeError"]
 
 PROTOCOLS = ("single", "batch", "sequential")
-RESULT_COLUMNS = ["method", "lm", "encoder", "dataset", "split", "protocol", "batch_size", "eval_at",
-                  "metric", "value", "n", "seed", "run_id"]
+RESULT_COLUMNS = ["method", "lm", "encoder", "chat_template", "dataset", "split", "protocol", "batch_size",
+                  "eval_at", "metric", "value", "n", "seed", "run_id"]
 
 
 class ResumeError(RuntimeError):
@@ -307,7 +307,8 @@ def _fluency(method, records, step: Step, i: int, tokens: int, seed: int, isolat
 def summarise(per_record: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame:
     """Tidy rows (``RESULT_COLUMNS``) of the mean of every metric per ``eval_at``.
 
-    ``context`` gives method, lm, encoder, dataset, split, protocol, batch_size, seed, run_id.
+    ``context`` gives method, lm, encoder, chat_template, dataset, split, protocol, batch_size,
+    seed, run_id.
     ``avg`` is the paper's Avg of the mean efficacy, generality and locality.
     """
     missing = [c for c in RESULT_COLUMNS if c not in ("eval_at", "metric", "value", "n") and c not in context]

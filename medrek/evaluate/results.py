@@ -1,7 +1,7 @@
 """The tidy results table every notebook writes and notebook 05 reads.
 
-One row per (method, LM, encoder, dataset, split, protocol, batch size, eval_at, metric, seed,
-run id) with its ``value`` and ``n``. Metrics are fractions in [0, 1] except ``fluency``
+One row per (method, LM, encoder, chat template (auto | none), dataset, split, protocol, batch
+size, eval_at, metric, seed, run id) with its ``value`` and ``n``. Metrics are fractions in [0, 1] except ``fluency``
 (bits) and ``margin/*`` (score units); tables that follow the paper multiply by 100 and say so.
 """
 
@@ -22,6 +22,8 @@ KEY_COLUMNS = [c for c in RESULT_COLUMNS if c not in ("value", "n")]
 
 
 def _check(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    if "chat_template" not in frame.columns:  # tables written before the setting existed asked plainly
+        frame = frame.assign(chat_template="none")
     missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{source}: results table lacks column(s) {missing}")

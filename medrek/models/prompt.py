@@ -11,6 +11,15 @@ Variants behind one interface (``PromptEncoder.from_config``):
 * ``linear`` (the paper's "without attention prompt encoder" ablation): ``Linear(d -> T * H)``.
 * ``token_attention``: the T queries ``query_proj(v)`` attend over the encoder's token-level
   states of the edit text (projected to H), so attention is not degenerate and the T tokens differ.
+* ``lm_embedding`` (the kit's working variant): the prompt is the LM's *own* input embeddings of
+  the edit text (``prompt + " " + target``), each passed through a zero-initialised residual
+  ``e + W e``, framed by learned prefix and suffix tokens::
+
+      [P_1 .. P_p][pad .. pad][e(x_1) .. e(x_n)][S_1 .. S_s]      (T slots in all)
+
+  Pad slots are all-zero vectors, which :class:`~medrek.editor.EditedModel` masks out like left
+  padding. The target's own tokens are then reachable by the LM (a pooled sentence vector
+  cannot name a rare drug exactly), and the tokens stay at the embedding scale.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from .encoder import TokenStates
 
 __all__ = ["PromptEncoderConfig", "PromptEncoder", "PROMPT_KINDS"]
 
-PROMPT_KINDS = ("attention", "mlp", "linear", "token_attention")
+PROMPT_KINDS = ("attention", "mlp", "linear", "token_attention", "lm_embedding")
 
 
 @dataclass
@@ -35,6 +44,8 @@ class PromptEncoderConfig:
     n_tokens: int = 3  # T
     n_heads: int = 8
     token_dim: int = 0  # encoder hidden size h (token_attention only)
+    n_prefix: int = 4  # learned tokens before the edit text (lm_embedding only)
+    n_suffix: int = 2  # learned tokens after it (lm_embedding only)
 
     def __post_init__(self) -> None:
         if self.kind not in PROMPT_KINDS:
@@ -43,6 +54,14 @@ class PromptEncoderConfig:
             raise ValueError(f"lm_hidden {self.lm_hidden} is not divisible by n_heads {self.n_heads}")
         if self.kind == "token_attention" and self.token_dim <= 0:
             raise ValueError("token_attention needs token_dim (the encoder's hidden size)")
+        if self.kind == "lm_embedding" and self.n_tokens <= self.n_prefix + self.n_suffix:
+            raise ValueError(f"lm_embedding needs n_tokens > n_prefix + n_suffix "
+                             f"({self.n_tokens} <= {self.n_prefix} + {self.n_suffix}): no slot is left for the edit text")
+
+    @property
+    def text_slots(self) -> int:
+        """Slots for the edit text's LM tokens (lm_embedding only)."""
+        return self.n_tokens - self.n_prefix - self.n_suffix
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +70,8 @@ class PromptEncoderConfig:
 class PromptEncoder(nn.Module):
     """Base class: ``forward(values [B, d], tokens) -> prompts [B, T, H]``."""
 
-    needs_tokens: bool = False
+    needs_tokens: bool = False  # reads the knowledge encoder's token states of the edit text
+    needs_lm_tokens: bool = False  # reads the LM's own input embeddings of the edit text
 
     def __init__(self, config: PromptEncoderConfig) -> None:
         super().__init__()
@@ -60,7 +80,8 @@ class PromptEncoder(nn.Module):
     @staticmethod
     def from_config(config: PromptEncoderConfig) -> "PromptEncoder":
         cls = {"attention": AttentionPromptEncoder, "mlp": MLPPromptEncoder,
-               "linear": LinearPromptEncoder, "token_attention": TokenAttentionPromptEncoder}[config.kind]
+               "linear": LinearPromptEncoder, "token_attention": TokenAttentionPromptEncoder,
+               "lm_embedding": LMEmbeddingPromptEncoder}[config.kind]
         return cls(config)
 
     def forward(self, values: torch.Tensor, tokens: TokenStates | None = None) -> torch.Tensor:
@@ -137,3 +158,46 @@ class TokenAttentionPromptEncoder(PromptEncoder):
         padding = tokens.mask == 0  # [B, L], True = ignore
         out, _ = self.attn(queries, keys, vals, key_padding_mask=padding, need_weights=False)
         return out  # [B, T, H]
+
+
+class LMEmbeddingPromptEncoder(PromptEncoder):
+    """The edit text's own LM embeddings, framed by learned tokens (see the module docstring).
+
+    ``tokens``: the LM input embeddings of the edit text, *left*-padded to at most
+    ``text_slots`` positions (``states`` [B, n, H], ``mask`` [B, n]); the value vector is not used.
+    """
+
+    needs_lm_tokens = True
+
+    def __init__(self, config: PromptEncoderConfig) -> None:
+        super().__init__(config)
+        H = config.lm_hidden
+        self.prefix = nn.Parameter(torch.randn(config.n_prefix, H) * 0.02)
+        self.suffix = nn.Parameter(torch.randn(config.n_suffix, H) * 0.02)
+        self.text_proj = nn.Linear(H, H, bias=False)  # residual; zero at init: the prompt starts as the text
+        nn.init.zeros_(self.text_proj.weight)
+
+    @torch.no_grad()
+    def initialise_frame(self, prefix: torch.Tensor, suffix: torch.Tensor) -> None:
+        """Start the learned frame from token embeddings (e.g. of "New fact:" and "\\n"):
+        [k, H] each; the last min(k, n) rows of ``prefix`` and the first of ``suffix`` are used."""
+        if len(prefix) and len(self.prefix):
+            k = min(len(prefix), len(self.prefix))
+            self.prefix[-k:] = prefix[-k:].to(self.prefix)
+        if len(suffix) and len(self.suffix):
+            k = min(len(suffix), len(self.suffix))
+            self.suffix[:k] = suffix[:k].to(self.suffix)
+
+    def forward(self, values: torch.Tensor, tokens: TokenStates | None = None) -> torch.Tensor:
+        if tokens is None:
+            raise ValueError("lm_embedding needs the LM embeddings of the edit text")
+        B, n, H = tokens.states.shape
+        slots = self.config.text_slots
+        if n > slots:
+            raise ValueError(f"edit text has {n} LM tokens for {slots} slots; truncate it first")
+        text = tokens.states + self.text_proj(tokens.states)  # [B, n, H]
+        text = text * tokens.mask[..., None].to(text.dtype)  # pads stay exactly zero (masked later)
+        pad = text.new_zeros(B, slots - n, H)
+        prefix = self.prefix.expand(B, -1, -1)
+        suffix = self.suffix.expand(B, -1, -1)
+        return torch.cat([prefix, pad, text, suffix], dim=1)  # [B, T, H]

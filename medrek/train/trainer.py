@@ -20,7 +20,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from ..data.records import EditRecord
-from ..editor import Editor, EditorConfig, encode_pairs
+from ..editor import Editor, EditorConfig
 from ..evaluate.editing import evaluate_batch_edit, unedited_locality_predictions
 from ..evaluate.metrics import prediction_positions
 from ..io import CheckpointError, read_tensors
@@ -36,7 +36,7 @@ from ..methods import edit_text
 from . import losses
 from .checkpoint import load_training_state, restore_optimizer, save_training_checkpoint
 
-__all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "read_training_logs"]
+__all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "method_configs", "read_training_logs"]
 
 LOSS_TERMS = ("q1", "q2", "q3", "edit_rel", "edit_gen", "locality")
 # Fields that may change when a run is resumed (the schedule's length and the bookkeeping).
@@ -89,6 +89,23 @@ class TrainConfig(EditorConfig):
     def editor_config(self) -> EditorConfig:
         """The editor this run trains (the inherited fields)."""
         return EditorConfig(**{f.name: getattr(self, f.name) for f in fields(EditorConfig)})
+
+
+def method_configs(base: TrainConfig, methods: Sequence[str],
+                   settings: dict[str, dict[str, Any]] | None = None) -> dict[str, TrainConfig]:
+    """One config per method: ``base`` with ``method`` set and that method's own ``settings``
+    (e.g. ``{"medrek-lm-embedding": {"n_tokens": 30}}``). Unknown methods or fields are refused."""
+    from ..config import ParamsError, check_keys
+
+    settings = dict(settings or {})
+    check_keys(settings, methods, "method_settings (methods not in `methods`)")
+    known = [f.name for f in fields(TrainConfig) if f.name != "method"]
+    out = {}
+    for method in methods:
+        own = dict(settings.get(method) or {})
+        check_keys(own, known, f"method_settings.{method}")
+        out[method] = replace(base, method=method, **own)
+    return out
 
 
 class _CsvLog:
@@ -239,8 +256,8 @@ class Trainer:
         out = {}
         loc_prompts = [r.locality[n].prompt for n in probe_names for r in batch]
         loc_answers = [r.locality[n].answer for n in probe_names for r in batch]
-        pairs = encode_pairs(editor.model.tokenizer, prompts + rephrases + loc_prompts,
-                             targets + targets + loc_answers).to(editor.model.device)
+        pairs = editor.model.encode_pairs(prompts + rephrases + loc_prompts,
+                                          targets + targets + loc_answers).to(editor.model.device)
         positions = prediction_positions(pairs.target_mask)  # [R, L]
         rows = positions.nonzero()[:, 0]  # [N] row of each prediction position
         labels = pairs.input_ids[:, 1:][pairs.target_mask[:, 1:]]  # [N]

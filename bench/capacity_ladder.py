@@ -1,0 +1,111 @@
+"""The capacity ladder (issue 14): can T prompt tokens carry an edit, can the prompt encoder fit
+its training edits, does it carry unseen ones? One rung of one variant per call; every result
+is upserted into ``bench/results/capacity_ladder.json`` (keyed by rung, variant, n, steps).
+
+    python bench/capacity_ladder.py ceiling --n 32 --steps 60
+    python bench/capacity_ladder.py seen --variant paper --n 64 --steps 60
+    python bench/capacity_ladder.py unseen --variant lm-embedding --steps 300 --eval-n 100
+
+Variants are :class:`medrek.train.TrainConfig` overrides on the small params (SmolLM2-135M-
+Instruct + MiniLM-L6, key_dim 512, batch 8, constant lr 3e-4 after no warm-up, clip 1.0).
+``bench/render_ladder.py`` turns the JSON into the README's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from medrek.data import load_split  # noqa: E402
+from medrek.editor import EditedModel, resolve_chat_template  # noqa: E402
+from medrek.io import write_json  # noqa: E402
+from medrek.models.registry import load_causal_lm  # noqa: E402
+from medrek.train import TrainConfig, Trainer  # noqa: E402
+from medrek.train.ladder import fit_free_prompts, measure_editor  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "capacity_ladder.json"
+BASE = dict(lm="smollm2-135m", encoder="minilm-l6", key_dim=512, n_heads=8, batch_size=8, lr_encoder=3e-4,
+            lr_prompt=3e-4, schedule="constant", grad_clip=1.0, progress=False, eval_every=0)
+VARIANTS: dict[str, dict] = {
+    # the paper's encoder (single-key attention, T identical tokens) and RECIPE's MLP
+    "paper": dict(method="medrek", n_tokens=3),
+    "recipe": dict(method="recipe", n_tokens=3),
+    # lead: distinct tokens and more of them (the linear ablation gives T different tokens)
+    "linear-T8": dict(method="medrek-no-attention", n_tokens=8),
+    # lead: an information path from the LM's own embeddings of the edit text
+    "lm-embedding": dict(method="medrek-lm-embedding", n_tokens=30),
+    "lm-embedding-lr1e-3": dict(method="medrek-lm-embedding", n_tokens=30, lr_prompt=1e-3),
+    "lm-embedding-no-locality": dict(method="medrek-lm-embedding", n_tokens=30, weight_locality=0.0),
+    "lm-embedding-no-hinge": dict(method="medrek-lm-embedding", n_tokens=30, edit_hinge=1e9),
+}
+
+
+def upsert(entry: dict) -> None:
+    rows = json.loads(OUT.read_text()) if OUT.exists() else []
+    key = ("rung", "variant", "n", "steps", "chat_template")
+    rows = [r for r in rows if tuple(r.get(k) for k in key) != tuple(entry.get(k) for k in key)]
+    rows.append(entry)
+    rows.sort(key=lambda r: tuple(str(r.get(k)) for k in key))
+    write_json(OUT, rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("rung", choices=["ceiling", "seen", "unseen"])
+    ap.add_argument("--variant", default="paper", choices=sorted(VARIANTS))
+    ap.add_argument("--n", type=int, default=64, help="training edits (ceiling / seen: also the evaluated ones)")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--eval-n", type=int, default=100, help="unseen: validation edits evaluated")
+    ap.add_argument("--chat-template", default="auto", choices=["auto", "none"])
+    ap.add_argument("--n-tokens", type=int, default=3, help="ceiling: free prompt tokens per edit")
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    train = load_split("medversa", "train")
+    lm = load_causal_lm("smollm2-135m", seed=args.seed)
+    entry = {"rung": args.rung, "variant": args.variant if args.rung != "ceiling" else f"free-T{args.n_tokens}",
+             "n": args.n, "steps": args.steps, "chat_template": args.chat_template, "seed": args.seed,
+             "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"}
+    started = time.perf_counter()
+    if args.rung == "ceiling":
+        model = EditedModel(*lm, chat_template=resolve_chat_template(lm[1], args.chat_template))
+        result = fit_free_prompts(model, train[: args.n], n_tokens=args.n_tokens, steps=args.steps, seed=args.seed)
+    else:
+        overrides = {**BASE, **VARIANTS[args.variant], "chat_template": args.chat_template, "seed": args.seed,
+                     "steps": args.steps, "checkpoint_every": 10 ** 9}
+        config = TrainConfig(**overrides)
+        fit = train[: args.n] if args.rung == "seen" else train
+        evaluated = fit if args.rung == "seen" else load_split("medversa", "valid")[: args.eval_n]
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(config, fit, evaluated, tmp, lm=lm)
+            train_started = time.perf_counter()
+            trainer.train()
+            train_seconds = time.perf_counter() - train_started
+            result = measure_editor(trainer.editor, evaluated)
+            log = trainer.log_path.read_text().splitlines()
+        last = dict(zip(log[0].split(","), log[-1].split(",")))
+        result.update({"train_seconds": round(train_seconds, 1), "seconds_per_step": round(train_seconds / args.steps, 2),
+                       "final_edit_rel": float(last["edit_rel"]), "config": {k: overrides[k] for k in sorted(overrides)
+                                                                             if k not in ("progress",)}})
+        if args.rung == "unseen":
+            result["eval_n"] = args.eval_n
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    entry.update(result)
+    upsert(entry)
+    print(json.dumps({k: v for k, v in entry.items() if k != "config"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
