@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.records import EditRecord
-from ..editor import EditedModel, PairBatch, encode_pairs
+from ..editor import EditedModel, PairBatch
 from ..evaluate.metrics import prediction_positions
 from .base import ParameterEditingMethod
 from .layers import check_partial_forward, decoder_layers, hidden_before, projection, run_from_layer

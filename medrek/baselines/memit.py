@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..data.records import EditRecord
-from ..editor import EditedModel, PairBatch, encode_pairs
+from ..editor import EditedModel, PairBatch
 from ..evaluate.metrics import prediction_positions
 from ..io import atomic_path, read_tensors, write_json
 from .base import ParameterEditingMethod
