@@ -3,8 +3,12 @@ its training edits, does it carry unseen ones? One rung of one variant per call;
 is upserted into ``bench/results/capacity_ladder.json`` (keyed by rung, variant, n, steps).
 
     python bench/capacity_ladder.py ceiling --n 32 --steps 60
-    python bench/capacity_ladder.py seen --variant paper --n 64 --steps 60
-    python bench/capacity_ladder.py unseen --variant lm-embedding --steps 300 --eval-n 100
+    python bench/capacity_ladder.py seen --variant medrek --n 64 --steps 60
+    python bench/capacity_ladder.py unseen --variant medrek-lm-embedding --steps 300 --eval-n 100
+    python bench/capacity_ladder.py unseen --checkpoint runs/small/checkpoints/medrek-lm-embedding/best
+
+``--checkpoint`` measures an editor notebook 02 already trained (its step, steps and s/step come
+from the folder's ``trainer.json`` and the run's training log) instead of training one here.
 
 Variants are :class:`medrek.train.TrainConfig` overrides on the small params (SmolLM2-135M-
 Instruct + MiniLM-L6, key_dim 512, batch 8, constant lr 3e-4 after no warm-up, clip 1.0).
@@ -39,16 +43,13 @@ OUT = ROOT / "bench" / "results" / "capacity_ladder.json"
 BASE = dict(lm="smollm2-135m", encoder="minilm-l6", key_dim=512, n_heads=8, batch_size=8, lr_encoder=3e-4,
             lr_prompt=3e-4, schedule="constant", grad_clip=1.0, progress=False, eval_every=0)
 VARIANTS: dict[str, dict] = {
-    # the paper's encoder (single-key attention, T identical tokens) and RECIPE's MLP
-    "paper": dict(method="medrek", n_tokens=3),
+    # the paper's encoder (single-key attention, T identical tokens) and RECIPE's MLP; named by preset
+    "medrek": dict(method="medrek", n_tokens=3),
     "recipe": dict(method="recipe", n_tokens=3),
     # lead: distinct tokens and more of them (the linear ablation gives T different tokens)
     "linear-T8": dict(method="medrek-no-attention", n_tokens=8),
     # lead: an information path from the LM's own embeddings of the edit text
-    "lm-embedding": dict(method="medrek-lm-embedding", n_tokens=30),
-    "lm-embedding-lr1e-3": dict(method="medrek-lm-embedding", n_tokens=30, lr_prompt=1e-3),
-    "lm-embedding-no-locality": dict(method="medrek-lm-embedding", n_tokens=30, weight_locality=0.0),
-    "lm-embedding-no-hinge": dict(method="medrek-lm-embedding", n_tokens=30, edit_hinge=1e9),
+    "medrek-lm-embedding": dict(method="medrek-lm-embedding", n_tokens=30),
 }
 
 
@@ -61,16 +62,37 @@ def upsert(entry: dict) -> None:
     write_json(OUT, rows)
 
 
+def measure_checkpoint(folder: Path, lm, eval_n: int) -> tuple[dict, str, int, int]:
+    """(metrics on the first ``eval_n`` validation edits, method, step, training records) of a
+    notebook 02 checkpoint; seconds per step from its run's training log."""
+    import pandas as pd
+
+    from medrek import Editor
+
+    meta = json.loads((folder / "trainer.json").read_text())
+    config = meta["config"]
+    editor = Editor.load(folder, lm=lm)
+    result = measure_editor(editor, load_split(config.get("dataset", "medversa"), "valid")[:eval_n])
+    log = folder.parent.parent.parent / "metrics" / f"train_log_{folder.parent.name}.csv"
+    if log.exists():
+        seconds = pd.read_csv(log)["seconds"]
+        result["seconds_per_step"] = round(float(seconds.iloc[len(seconds) // 2:].mean()), 2)  # after warm-up caches
+    result.update({"eval_n": eval_n, "checkpoint": str(folder), "chat_template": config["chat_template"],
+                   "config": {k: config[k] for k in sorted(config) if k != "progress"}})
+    return result, config["method"], int(meta["step"]), len(load_split("medversa", "train"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rung", choices=["ceiling", "seen", "unseen"])
-    ap.add_argument("--variant", default="paper", choices=sorted(VARIANTS))
+    ap.add_argument("--variant", default="medrek", choices=sorted(VARIANTS))
     ap.add_argument("--n", type=int, default=64, help="training edits (ceiling / seen: also the evaluated ones)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--eval-n", type=int, default=100, help="unseen: validation edits evaluated")
     ap.add_argument("--chat-template", default="auto", choices=["auto", "none"])
     ap.add_argument("--n-tokens", type=int, default=3, help="ceiling: free prompt tokens per edit")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--checkpoint", help="unseen: measure this trained editor (a notebook 02 checkpoint folder)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     train = load_split("medversa", "train")
@@ -79,7 +101,12 @@ def main() -> None:
              "n": args.n, "steps": args.steps, "chat_template": args.chat_template, "seed": args.seed,
              "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"}
     started = time.perf_counter()
-    if args.rung == "ceiling":
+    if args.checkpoint:
+        if args.rung != "unseen":
+            ap.error("--checkpoint only applies to the unseen rung")
+        result, entry["variant"], entry["steps"], entry["n"] = measure_checkpoint(Path(args.checkpoint), lm, args.eval_n)
+        entry["chat_template"] = result.pop("chat_template")
+    elif args.rung == "ceiling":
         model = EditedModel(*lm, chat_template=resolve_chat_template(lm[1], args.chat_template))
         result = fit_free_prompts(model, train[: args.n], n_tokens=args.n_tokens, steps=args.steps, seed=args.seed)
     else:

@@ -258,6 +258,7 @@ class EditorConfig:
     train_backbone: bool = False
     index: str = "flat"
     min_similarity: float | None = None
+    min_margin: float | None = None  # fire only if top-1 beats the prototype by this much (calibrate_gate sets it)
     chat_template: str = "auto"  # auto: questions go through the LM tokenizer's chat template, if any; none: plain text
     n_prefix_tokens: int = 4  # learned frame before the edit text (lm_embedding prompt encoders)
     n_suffix_tokens: int = 2  # learned frame after it
@@ -377,7 +378,7 @@ class Editor(nn.Module):
     def new_memory(self) -> EditMemory:
         """An empty memory keyed to the current prototype."""
         cfg = MemoryConfig(self.config.key_dim, self.config.n_tokens, self.model.hidden_size,
-                           self.config.index, self.config.min_similarity)
+                           self.config.index, self.config.min_similarity, self.config.min_margin)
         with torch.no_grad():
             return EditMemory(cfg, self.encoder.prototype_key())
 

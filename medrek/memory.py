@@ -37,6 +37,7 @@ class MemoryConfig:
     lm_hidden: int
     index: str = "flat"  # flat (exact IndexFlatIP) | hnsw | ivf (approximate)
     min_similarity: float | None = None  # gate on top-1 score, besides the prototype
+    min_margin: float | None = None  # gate on top-1 score minus the prototype's (None: just beat it)
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     ivf_nlist: int = 0  # 0: about 4 sqrt(N) lists
@@ -135,6 +136,7 @@ class Explanation:
     runner_up_score: float
     min_similarity: float | None
     request: dict[str, Any] | None
+    min_margin: float | None = None
 
 
 class EditMemory:
@@ -226,6 +228,8 @@ class EditMemory:
         fire = (top > proto) & (top_rows >= 0)
         if self.config.min_similarity is not None:
             fire &= top >= self.config.min_similarity
+        if self.config.min_margin is not None:
+            fire &= top - proto >= self.config.min_margin
         return Retrieval(torch.where(fire, top_rows, -1), top_rows, top, runner, proto)
 
     def prompts_for(self, retrieval: Retrieval) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,6 +253,7 @@ class EditMemory:
             runner_up_score=float(r.runner_up[0]),
             min_similarity=self.config.min_similarity,
             request=self.requests[row] if row >= 0 else None,
+            min_margin=self.config.min_margin,
         )
 
     # ---- persistence ---------------------------------------------------------------------

@@ -151,3 +151,28 @@ def test_results_written_before_the_chat_setting_read_as_plain(tmp_path):
                          "value": 0.5, "n": 1, "seed": 0, "run_id": "r"}])
     old.to_csv(tmp_path / "results.csv", index=False)
     assert read_results([tmp_path / "results.csv"])["chat_template"].tolist() == ["none"]
+
+
+def test_gate_calibration_meets_its_false_fire_target(make_editor):
+    from medrek.train.calibration import calibrate_gate, gate_margins
+
+    editor = make_editor("medrek-lm-embedding", n_tokens=40)
+    records = make_records(7)
+    raw = gate_margins(editor, records, block_size=4)["locality"]
+    assert len(raw) == 7
+    assert (raw > 0).sum() >= 4  # the tiny random editor fires on most locality prompts
+    half = calibrate_gate(editor, records, max_false_fire=0.5, block_size=4)  # at most 3 of 7 may fire
+    positive = raw[raw > 0].sort(descending=True).values
+    assert half.min_margin == pytest.approx(float(positive[3]), abs=1e-5)
+    assert half.false_fire_after == pytest.approx(3 / 7) and half.false_fire_before == pytest.approx(float((raw > 0).float().mean()))
+    strict = calibrate_gate(editor, records, max_false_fire=0.0, block_size=4)
+    assert strict.false_fire_after == 0.0 and editor.config.min_margin == strict.min_margin
+    if strict.false_fire_before > 0:  # the tiny random editor fires on some locality prompts
+        assert strict.min_margin == pytest.approx(float(raw.max()), abs=1e-5)
+    assert strict.prompt_after <= strict.prompt_before and strict.rephrase_after <= strict.rephrase_before
+    # the new gate is what the editor's memory uses from now on
+    editor.edit(records[:4])
+    r = editor.memory.retrieve(editor.encoder.query([rec.locality["locality"].prompt for rec in records[:4]]))
+    assert not r.fired.any()
+    with pytest.raises(ValueError, match="max_false_fire"):
+        calibrate_gate(editor, records, max_false_fire=1.5)
