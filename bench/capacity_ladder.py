@@ -64,22 +64,31 @@ def upsert(entry: dict) -> None:
 
 def measure_checkpoint(folder: Path, lm, eval_n: int) -> tuple[dict, str, int, int]:
     """(metrics on the first ``eval_n`` validation edits, method, step, training records) of a
-    notebook 02 checkpoint; seconds per step from its run's training log."""
+    trained editor: a notebook 02 checkpoint (``trainer.json``) or a committed editor folder
+    (``editor.json`` plus the training log beside it)."""
     import pandas as pd
 
     from medrek import Editor
 
-    meta = json.loads((folder / "trainer.json").read_text())
-    config = meta["config"]
     editor = Editor.load(folder, lm=lm)
-    result = measure_editor(editor, load_split(config.get("dataset", "medversa"), "valid")[:eval_n])
-    log = folder.parent.parent.parent / "metrics" / f"train_log_{folder.parent.name}.csv"
-    if log.exists():
-        seconds = pd.read_csv(log)["seconds"]
+    config = asdict(editor.config)
+    method = config["method"]
+    logs = [folder / f"train_log_{method}.csv", folder.parent.parent.parent / "metrics" / f"train_log_{method}.csv"]
+    log = next((pd.read_csv(p) for p in logs if p.exists()), None)
+    if (folder / "trainer.json").exists():
+        step = int(json.loads((folder / "trainer.json").read_text())["step"])
+    elif log is not None:
+        step = int(log["step"].max())
+    else:
+        raise SystemExit(f"{folder}: no trainer.json and no train_log_{method}.csv to read the step from")
+    result = measure_editor(editor, load_split("medversa", "valid")[:eval_n])
+    if log is not None:
+        seconds = log["seconds"]
         result["seconds_per_step"] = round(float(seconds.iloc[len(seconds) // 2:].mean()), 2)  # after warm-up caches
+        result["train_seconds"] = round(float(seconds.sum()), 1)
     result.update({"eval_n": eval_n, "checkpoint": str(folder), "chat_template": config["chat_template"],
-                   "config": {k: config[k] for k in sorted(config) if k != "progress"}})
-    return result, config["method"], int(meta["step"]), len(load_split("medversa", "train"))
+                   "config": {k: config[k] for k in sorted(config)}})
+    return result, method, step, len(load_split("medversa", "train"))
 
 
 def main() -> None:
