@@ -81,11 +81,15 @@ def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_
 CHAT_TEMPLATE_SETTINGS = ("auto", "none")
 
 
+def check_chat_template(setting: str) -> None:
+    if setting not in CHAT_TEMPLATE_SETTINGS:
+        raise ValueError(f"chat_template must be one of {CHAT_TEMPLATE_SETTINGS}, got {setting!r}")
+
+
 def resolve_chat_template(tokenizer, setting: str) -> bool:
     """Whether questions go through the tokenizer's chat template: ``auto`` (when it has one) or
     ``none`` (plain text, as the paper's LMs are queried)."""
-    if setting not in CHAT_TEMPLATE_SETTINGS:
-        raise ValueError(f"chat_template must be one of {CHAT_TEMPLATE_SETTINGS}, got {setting!r}")
+    check_chat_template(setting)
     return setting == "auto" and bool(getattr(tokenizer, "chat_template", None))
 
 
@@ -265,8 +269,7 @@ class EditorConfig:
 
     def __post_init__(self) -> None:
         get_preset(self.method)
-        if self.chat_template not in CHAT_TEMPLATE_SETTINGS:
-            raise ValueError(f"chat_template must be one of {CHAT_TEMPLATE_SETTINGS}, got {self.chat_template!r}")
+        check_chat_template(self.chat_template)
 
 
 @dataclass
