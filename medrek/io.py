@@ -6,15 +6,17 @@ leaves a half-written output and never destroys the previous version.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["CheckpointError", "atomic_path", "read_checkpoint_meta", "read_json", "read_tensors", "write_bytes", "write_csv",
-           "write_text", "write_json"]
+__all__ = ["CheckpointError", "atomic_folder", "atomic_path", "file_sha256", "read_checkpoint_meta", "read_json",
+           "read_tensors", "recover_folder", "write_bytes", "write_csv", "write_text", "write_json"]
 
 
 @contextmanager
@@ -32,6 +34,61 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _old_folder(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_folder(path: str | os.PathLike[str]) -> Path:
+    """Finish or undo a folder swap that :func:`atomic_folder` did not complete.
+
+    The swap is ``path -> .path.old``, ``temp -> path``, delete ``.path.old``. A crash after
+    the first rename leaves no ``path``: the previous version is moved back. A crash after the
+    second leaves a stale ``.path.old``: it is deleted. Unfinished temporary folders
+    (``.path.*.tmp``) are deleted too. Returns ``path``.
+    """
+    path = Path(path)
+    old = _old_folder(path)
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, path)
+    if path.parent.exists():
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+    return path
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; if the block succeeds, swap it in for
+    ``path`` (which may exist) by renames, so that ``path`` always holds one complete version.
+    A crash at any point is undone or finished by :func:`recover_folder` (called here first)."""
+    path = recover_folder(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+    try:
+        yield tmp
+        old = _old_folder(path)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -4,6 +4,10 @@ Each edit is stored as an id, its request, a key [d] and its prompt tokens [T, H
 at insertion). For a query q the score of a key is ``q . key / sqrt(d)``; the top-1 edit is used
 only if its score beats the prototype's score ``q . p / sqrt(d)`` and, when set, a minimum
 similarity. Otherwise nothing is retrieved and the LM runs exactly as unedited.
+
+An :class:`EditMemory` is safe to share between threads: every mutation and every lookup runs
+under one lock, so a reader sees the memory before or after a writer's ``add`` / ``remove``,
+never in between (ids, keys, prompts and the index always agree row for row).
 """
 
 from __future__ import annotations
@@ -17,17 +21,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import json
+
 import faiss
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .io import CheckpointError, atomic_path, read_checkpoint_meta, read_tensors, write_json
+from .io import CheckpointError, atomic_folder, file_sha256, read_checkpoint_meta, read_tensors, recover_folder, write_text
 
-__all__ = ["MemoryConfig", "Retrieval", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS", "build_index", "search"]
+__all__ = ["MemoryConfig", "Retrieval", "Lookup", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS",
+           "build_index", "search"]
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
-FORMAT = "medrek.EditMemory/1"
+FORMAT = "medrek.EditMemory/2"  # a folder: memory.json (config, ids, requests, checksum) + memory.safetensors
 
 
 @dataclass
@@ -125,6 +132,17 @@ class Retrieval:
 
 
 @dataclass
+class Lookup:
+    """Retrieval plus what the LM consumes, taken from one consistent state of the memory."""
+
+    retrieval: Retrieval
+    prompts: torch.Tensor  # [B, T, H], zeros where nothing fired
+    fired: torch.Tensor  # [B] bool
+    ids: list[str | None]  # the edit that fired, else None
+    requests: list[dict[str, Any] | None]  # its request, else None
+
+
+@dataclass
 class Explanation:
     """Why an edit fired or did not, for one query."""
 
@@ -153,6 +171,8 @@ class EditMemory:
         self.prompts = torch.zeros(0, config.n_tokens, config.lm_hidden)
         self._rows: dict[str, int] = {}
         self._index = self._new_index()
+        self._lock = threading.RLock()  # around every mutation and every lookup
+        self.owner: str | None = None  # fingerprint of the editor whose encoders made the keys and prompts
 
     # ---- bookkeeping ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -160,6 +180,11 @@ class EditMemory:
 
     def __contains__(self, edit_id: str) -> bool:
         return str(edit_id) in self._rows
+
+    def stored(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` already stored."""
+        with self._lock:
+            return [i for i in map(str, ids) if i in self._rows]
 
     def _new_index(self) -> faiss.Index:
         return build_index(self.config, np.zeros((0, self.config.key_dim), dtype=np.float32))
@@ -177,40 +202,51 @@ class EditMemory:
         if keys.shape != (n, cfg.key_dim) or prompts.shape != (n, cfg.n_tokens, cfg.lm_hidden):
             raise ValueError(f"expected keys [{n}, {cfg.key_dim}] and prompts [{n}, {cfg.n_tokens}, "
                              f"{cfg.lm_hidden}], got {tuple(keys.shape)} and {tuple(prompts.shape)}")
-        clash = {i for i, c in Counter(ids).items() if c > 1 or i in self._rows}
-        if clash:
-            raise ValueError(f"edit id(s) already stored or repeated: {sorted(clash)[:5]}")
+        if len(requests) != n:
+            raise ValueError(f"{n} ids but {len(requests)} requests")
         keys = keys.detach().float().cpu()
-        self._rows.update((i, len(self.ids) + r) for r, i in enumerate(ids))
-        self.ids += ids
-        self.requests += [dict(r) for r in requests]
-        self.keys = torch.cat([self.keys, keys])
-        self.prompts = torch.cat([self.prompts, prompts.detach().float().cpu()])
-        if self.config.index == "ivf":
-            self._rebuild()
-        else:
-            self._index.add(np.ascontiguousarray(keys.numpy()))
+        prompts = prompts.detach().float().cpu()
+        with self._lock:
+            clash = {i for i, c in Counter(ids).items() if c > 1 or i in self._rows}
+            if clash:
+                raise ValueError(f"edit id(s) already stored or repeated: {sorted(clash)[:5]}")
+            self._rows.update((i, len(self.ids) + r) for r, i in enumerate(ids))
+            self.ids += ids
+            self.requests += [dict(r) for r in requests]
+            self.keys = torch.cat([self.keys, keys])
+            self.prompts = torch.cat([self.prompts, prompts])
+            if self.config.index == "ivf":
+                self._rebuild()
+            else:
+                self._index.add(np.ascontiguousarray(keys.numpy()))
 
     def remove(self, ids: Sequence[str]) -> None:
         """Remove edits by id; the model then answers as before those edits."""
-        missing = [i for i in map(str, ids) if i not in self._rows]
-        if missing:
-            raise KeyError(f"no stored edit with id(s) {missing[:5]}")
-        drop = {self._rows[str(i)] for i in ids}
-        keep = [r for r in range(len(self)) if r not in drop]
-        self.ids = [self.ids[r] for r in keep]
-        self._rows = {i: r for r, i in enumerate(self.ids)}
-        self.requests = [self.requests[r] for r in keep]
-        self.keys = self.keys[keep]
-        self.prompts = self.prompts[keep]
-        self._rebuild()
+        ids = [str(i) for i in ids]
+        with self._lock:
+            missing = [i for i in ids if i not in self._rows]
+            if missing:
+                raise KeyError(f"no stored edit with id(s) {missing[:5]}")
+            drop = {self._rows[i] for i in ids}
+            keep = [r for r in range(len(self)) if r not in drop]
+            self.ids = [self.ids[r] for r in keep]
+            self._rows = {i: r for r, i in enumerate(self.ids)}
+            self.requests = [self.requests[r] for r in keep]
+            self.keys = self.keys[keep]
+            self.prompts = self.prompts[keep]
+            self._rebuild()
 
     def clear(self) -> None:
-        self.remove(list(self.ids))
+        with self._lock:
+            self.remove(list(self.ids))
 
     # ---- retrieval -----------------------------------------------------------------------
     def retrieve(self, queries: torch.Tensor) -> Retrieval:
         """Prototype-gated top-1 retrieval for queries [B, d]."""
+        with self._lock:
+            return self._retrieve(queries)
+
+    def _retrieve(self, queries: torch.Tensor) -> Retrieval:
         q = queries.detach().float().cpu()
         scale = 1.0 / math.sqrt(self.config.key_dim)
         proto = (q @ self.prototype_key) * scale  # [B]
@@ -232,8 +268,19 @@ class EditMemory:
             fire &= top - proto >= self.config.min_margin
         return Retrieval(torch.where(fire, top_rows, -1), top_rows, top, runner, proto)
 
+    def lookup(self, queries: torch.Tensor) -> Lookup:
+        """Retrieval for queries [B, d] with the retrieved prompt tokens and edit ids, all read
+        under the lock from one state of the memory (what :class:`~medrek.Editor` uses)."""
+        with self._lock:
+            r = self._retrieve(queries)
+            prompts, fired = self.prompts_for(r)
+            rows = r.rows.tolist()
+            return Lookup(r, prompts, fired, [self.ids[k] if k >= 0 else None for k in rows],
+                          [self.requests[k] if k >= 0 else None for k in rows])
+
     def prompts_for(self, retrieval: Retrieval) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt tokens [B, T, H] (zeros where nothing fired) and the fired mask [B]."""
+        """Prompt tokens [B, T, H] (zeros where nothing fired) and the fired mask [B]; the
+        retrieval must come from this memory's current state (see :meth:`lookup`)."""
         fired = retrieval.fired
         rows = retrieval.rows.clamp_min(0)
         if len(self) == 0:
@@ -242,43 +289,63 @@ class EditMemory:
 
     def explain(self, query: torch.Tensor) -> Explanation:
         """Explain retrieval for one query vector [d] (``Editor.explain`` takes text)."""
-        r = self.retrieve(query.reshape(1, -1))
-        row, top = int(r.rows[0]), int(r.top_rows[0])
-        return Explanation(
-            fired=row >= 0,
-            edit_id=self.ids[row] if row >= 0 else None,
-            top_edit_id=self.ids[top] if top >= 0 else None,
-            score=float(r.scores[0]),
-            prototype_score=float(r.prototype_scores[0]),
-            runner_up_score=float(r.runner_up[0]),
-            min_similarity=self.config.min_similarity,
-            request=self.requests[row] if row >= 0 else None,
-            min_margin=self.config.min_margin,
-        )
+        with self._lock:
+            r = self._retrieve(query.reshape(1, -1))
+            row, top = int(r.rows[0]), int(r.top_rows[0])
+            return Explanation(
+                fired=row >= 0,
+                edit_id=self.ids[row] if row >= 0 else None,
+                top_edit_id=self.ids[top] if top >= 0 else None,
+                score=float(r.scores[0]),
+                prototype_score=float(r.prototype_scores[0]),
+                runner_up_score=float(r.runner_up[0]),
+                min_similarity=self.config.min_similarity,
+                request=self.requests[row] if row >= 0 else None,
+                min_margin=self.config.min_margin,
+            )
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path.safetensors`` (tensors) and ``path.json`` (config, ids, requests), atomically."""
+        """Write the folder ``path``: ``memory.json`` (config, ids, requests, owner and the sha256
+        of ``memory.safetensors``) and ``memory.safetensors`` (keys, prompts, prototype). Both
+        are written into a temporary folder that replaces ``path`` by renames, so a crash or an
+        error leaves the previous memory whole; values JSON cannot hold are refused first."""
         path = Path(path)
-        tensors = {"keys": self.keys.contiguous(), "prompts": self.prompts.contiguous(),
-                   "prototype_key": self.prototype_key.contiguous()}
-        with atomic_path(path.with_suffix(".safetensors")) as tmp:
-            save_file(tensors, str(tmp))
-        write_json(path.with_suffix(".json"), {"format": FORMAT, "config": asdict(self.config),
-                                               "ids": self.ids, "requests": self.requests})
+        with self._lock:
+            tensors = {"keys": self.keys.contiguous(), "prompts": self.prompts.contiguous(),
+                       "prototype_key": self.prototype_key.contiguous()}
+            meta = {"format": FORMAT, "config": asdict(self.config), "ids": list(self.ids),
+                    "requests": [dict(r) for r in self.requests], "owner": self.owner}
+        try:
+            json.dumps(meta, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: a stored request cannot be saved as JSON ({exc}); nothing was written") from None
+        with atomic_folder(path) as tmp:
+            save_file(tensors, str(tmp / "memory.safetensors"))
+            meta["tensors_sha256"] = file_sha256(tmp / "memory.safetensors")
+            write_text(tmp / "memory.json", json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, key_dim: int | None = None,
              n_tokens: int | None = None, lm_hidden: int | None = None) -> "EditMemory":
-        """Load a saved memory; optional expected sizes are checked against the file."""
-        path = Path(path)
-        meta_path, tensor_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
+        """Load a saved memory folder; its tensors must match the checksum in its JSON, and
+        optional expected sizes are checked against the file."""
+        path = recover_folder(path)  # a save interrupted between its renames
+        meta_path, tensor_path = path / "memory.json", path / "memory.safetensors"
+        if not path.is_dir() and path.with_suffix(".json").exists():
+            raise CheckpointError(f"{path.with_suffix('.json')}: an edit memory saved by an older medrek-kit (two loose "
+                                  "files, no checksum); load it with that version and save it again")
         meta = read_checkpoint_meta(meta_path, FORMAT, "edit memory")
         config = MemoryConfig(**meta["config"])
         for name, want in (("key_dim", key_dim), ("n_tokens", n_tokens), ("lm_hidden", lm_hidden)):
             if want is not None and getattr(config, name) != want:
                 raise CheckpointError(f"{meta_path}: {name} is {getattr(config, name)}, the model needs {want}")
+        if not tensor_path.exists():
+            raise CheckpointError(f"{tensor_path}: missing (its pair {meta_path} exists)")
+        if file_sha256(tensor_path) != meta.get("tensors_sha256"):
+            raise CheckpointError(f"{tensor_path}: sha256 differs from the one recorded in {meta_path}: "
+                                  "the two files are not one saved memory")
         tensors = read_tensors(tensor_path)
         memory = cls(config, tensors["prototype_key"])
         n = len(meta["ids"])
@@ -287,5 +354,6 @@ class EditMemory:
         memory.ids, memory.requests = list(meta["ids"]), list(meta["requests"])
         memory._rows = {i: r for r, i in enumerate(memory.ids)}
         memory.keys, memory.prompts = tensors["keys"], tensors["prompts"]
+        memory.owner = meta.get("owner")
         memory._rebuild()
         return memory

@@ -120,9 +120,13 @@ def test_incompatible_or_foreign_files_are_refused(tmp_path):
     mem.save(tmp_path / "m")
     with pytest.raises(CheckpointError, match="key_dim is 16, the model needs 32"):
         EditMemory.load(tmp_path / "m", key_dim=32)
-    (tmp_path / "x.json").write_text('{"format": "something-else"}')
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "memory.json").write_text('{"format": "something-else"}')
     with pytest.raises(CheckpointError, match="not a medrek edit memory"):
         EditMemory.load(tmp_path / "x")
-    (tmp_path / "m.safetensors").write_bytes(b"\x80\x04\x95 pickle bytes, not safetensors")
-    with pytest.raises(CheckpointError, match="not a safetensors file"):
+    (tmp_path / "old.json").write_text('{"format": "medrek.EditMemory/1"}')  # the loose-file layout
+    with pytest.raises(CheckpointError, match="saved by an older medrek-kit"):
+        EditMemory.load(tmp_path / "old")
+    (tmp_path / "m" / "memory.safetensors").write_bytes(b"\x80\x04\x95 pickle bytes, not safetensors")
+    with pytest.raises(CheckpointError, match="sha256 differs"):
         EditMemory.load(tmp_path / "m")

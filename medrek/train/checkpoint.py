@@ -3,24 +3,24 @@
 A checkpoint folder holds ``editor.safetensors`` / ``editor.json`` (loadable by
 :meth:`medrek.Editor.load`) plus ``trainer.safetensors`` (optimizer moments, RNG state, the
 current epoch's permutation) and ``trainer.json`` (step, position, config, scheduler). The
-folder is written next to its destination and renamed into place, so a killed run never
-leaves a half-written checkpoint. Nothing is ever unpickled.
+folder is written next to its destination and swapped in by renames
+(:func:`medrek.io.atomic_folder`), so a killed run never leaves a half-written checkpoint, and
+the next start finishes or undoes an interrupted swap. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from ..io import read_checkpoint_meta, read_tensors, write_json
+from ..io import atomic_folder, read_checkpoint_meta, read_tensors, recover_folder, write_json
 
-__all__ = ["save_training_checkpoint", "load_training_state", "optimizer_tensors", "restore_optimizer"]
+__all__ = ["save_training_checkpoint", "load_training_state", "optimizer_tensors", "restore_optimizer",
+           "recover_folder"]
 
 FORMAT = "medrek.TrainerState/1"
 
@@ -52,28 +52,18 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 def save_training_checkpoint(folder: str | os.PathLike[str], editor, optimizer: torch.optim.Optimizer,
                              extra_tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write a complete checkpoint folder atomically (temp folder, then rename)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-    try:
+    """Write a complete checkpoint folder atomically (:func:`medrek.io.atomic_folder`): a crash
+    at any point leaves the previous checkpoint or the new one, never neither."""
+    with atomic_folder(folder) as tmp:
         editor.save(tmp)
         opt_tensors, opt_meta = optimizer_tensors(optimizer)
         save_file({**opt_tensors, **{k: v.contiguous() for k, v in extra_tensors.items()}}, str(tmp / "trainer.safetensors"))
         write_json(tmp / "trainer.json", {"format": FORMAT, "optimizer": opt_meta, **meta})
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return Path(folder)
 
 
 def load_training_state(folder: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read ``trainer.safetensors`` / ``trainer.json``; refuse anything that is not ours."""
-    folder = Path(folder)
+    folder = recover_folder(folder)  # a save interrupted between its renames
     meta = read_checkpoint_meta(folder / "trainer.json", FORMAT, "training checkpoint")
     return read_tensors(folder / "trainer.safetensors"), meta
