@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -23,15 +26,16 @@ from torch import nn
 
 from .data.records import EditRecord
 from .evaluate.metrics import prediction_positions, teacher_forced_selected
-from .io import CheckpointError, atomic_path, read_checkpoint_meta, read_tensors, write_json
-from .memory import EditMemory, Explanation, MemoryConfig, Retrieval
+from .config import check_fields, check_keys
+from .io import CheckpointError, atomic_path, file_sha256, read_checkpoint_meta, read_tensors, write_json
+from .memory import EditMemory, Explanation, Lookup, MemoryConfig, Retrieval
 from .methods import edit_text, get_preset
 from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig, TokenStates
 from .models.prompt import PromptEncoder, PromptEncoderConfig
 from .models.registry import load_causal_lm, load_encoder
 
-__all__ = ["EditorConfig", "EditedModel", "Editor", "PairBatch", "RowPrompts", "ScoreResult", "encode_pairs",
-           "score_pairs"]
+__all__ = ["EditorConfig", "EditedModel", "Editor", "PairBatch", "RowPrompts", "ScoreResult", "auto_edit_id",
+           "encode_pairs", "score_pairs"]
 
 FORMAT = "medrek.Editor/1"
 
@@ -268,6 +272,7 @@ class EditorConfig:
     n_suffix_tokens: int = 2  # learned frame after it
 
     def __post_init__(self) -> None:
+        check_fields(self, EditorConfig, "EditorConfig")  # types and ranges, by field name
         get_preset(self.method)
         check_chat_template(self.chat_template)
 
@@ -328,12 +333,25 @@ def score_pairs(model: "EditedModel", prompts: Sequence[str], targets: Sequence[
                        [ids_all[i] for i in inverse], [preds[i] for i in inverse], torch.cat(margins)[inverse])
 
 
-def _as_request(item: EditRecord | Mapping[str, Any]) -> dict[str, Any]:
+def _as_request(item: EditRecord | Mapping[str, Any], position: int) -> dict[str, Any]:
+    """A request as stored: ``prompt`` and ``target_new`` non-empty strings, ``id`` a string if given."""
     if isinstance(item, EditRecord):
-        return {"id": item.record_id, "prompt": item.prompt, "target_new": item.target_new}
-    if not isinstance(item, Mapping) or not str(item.get("prompt", "")).strip() or not str(item.get("target_new", "")).strip():
-        raise ValueError(f"an edit request needs a non-empty 'prompt' and 'target_new', got {item!r}")
-    return dict(item)
+        item = {"id": item.record_id, "prompt": item.prompt, "target_new": item.target_new}
+    if not isinstance(item, Mapping):
+        raise ValueError(f"edit request {position}: expected a mapping with 'prompt' and 'target_new', got {item!r}")
+    for name in ("prompt", "target_new"):
+        value = item.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"edit request {position}: {name!r} must be a non-empty string, got {value!r}")
+    if "id" in item and (not isinstance(item["id"], (str, int)) or isinstance(item["id"], bool) or not str(item["id"]).strip()):
+        raise ValueError(f"edit request {position}: 'id' must be a non-empty string, got {item['id']!r}")
+    return {**item, "id": str(item["id"])} if "id" in item else dict(item)
+
+
+def auto_edit_id(prompt: str, target: str) -> str:
+    """The id of a request given without one: ``auto-`` and a hash of its text, so it cannot
+    collide with another request's (or a user's ``edit-0``)."""
+    return "auto-" + hashlib.sha256(f"{prompt}\x1f{target}".encode("utf-8")).hexdigest()[:16]
 
 
 def _batches(n: int, size: int) -> Iterable[slice]:
@@ -353,7 +371,6 @@ class Editor(nn.Module):
         self.encoder = encoder
         self.prompt_encoder = prompt_encoder
         self.memory = self.new_memory()
-        self._auto_ids = 0  # for requests without an id
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -417,18 +434,20 @@ class Editor(nn.Module):
 
         if isinstance(requests, (EditRecord, Mapping)):
             requests = [requests]
-        reqs = [_as_request(r) for r in requests]
-        ids = []
-        for r in reqs:
-            if "id" in r:
-                ids.append(str(r["id"]))
-            else:
-                ids.append(f"edit-{self._auto_ids}")
-                self._auto_ids += 1
+        reqs = [_as_request(r, k) for k, r in enumerate(requests)]
+        ids = [r["id"] if "id" in r else auto_edit_id(r["prompt"], r["target_new"]) for r in reqs]
+        repeated = sorted(i for i, c in Counter(ids).items() if c > 1)
+        stored = self.memory.stored(ids)
+        if repeated or stored:
+            raise ValueError(f"edit id(s) {'repeated in this call' if repeated else 'already stored'}: "
+                             f"{(repeated or stored)[:5]}; nothing was stored")
+        keys, prompts = [], []  # every chunk is encoded before anything is stored: all or nothing
         for part in tqdm(list(_batches(len(reqs), batch_size)), desc="editing", disable=not progress):
-            chunk = reqs[part]
-            keys, prompts = self.encode_edits([r["prompt"] for r in chunk], [r["target_new"] for r in chunk])
-            self.memory.add(ids[part], keys, prompts, chunk)
+            k, p = self.encode_edits([r["prompt"] for r in reqs[part]], [r["target_new"] for r in reqs[part]])
+            keys.append(k)
+            prompts.append(p)
+        if reqs:
+            self.memory.add(ids, torch.cat(keys), torch.cat(prompts), reqs)
         return ids
 
     def remove(self, ids: str | Sequence[str]) -> None:
@@ -447,12 +466,13 @@ class Editor(nn.Module):
         """What is retrieved for ``text``, its score, the prototype score and the runner-up."""
         return self.memory.explain(self.encoder.query([text])[0])
 
-    def _prompts(self, texts: Sequence[str], use_memory: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, Retrieval | None]:
-        if not use_memory or len(self.memory) == 0:
-            return None, None, None
-        r = self.retrieve(texts)
-        prompts, fired = self.memory.prompts_for(r)
-        return prompts.to(self.model.device), fired.to(self.model.device), r
+    @torch.no_grad()
+    def lookup(self, texts: Sequence[str]) -> Lookup | None:
+        """Retrieval for ``texts`` with the prompt tokens, ids and requests it found, read from
+        one state of the memory (safe while other threads edit); None when nothing is stored."""
+        if len(self.memory) == 0:
+            return None
+        return self.memory.lookup(self.encoder.query(list(texts)))
 
     # ---- scoring and generation --------------------------------------------------------------
     @torch.no_grad()
@@ -475,11 +495,11 @@ class Editor(nn.Module):
         """Retrieval for ``texts`` as the LM consumes it: prompt tokens [B, T, H] (zeros where
         nothing fired), the fired mask [B], the retrieved edit ids and the top-1 minus prototype
         score margins [B]. An empty memory gives an empty :class:`RowPrompts` (the plain LM)."""
-        p, fired, r = self._prompts(texts, True)
-        if r is None:
+        found = self.lookup(texts)
+        if found is None:
             return RowPrompts()
-        ids = [self.memory.ids[int(k)] if k >= 0 else None for k in r.rows]
-        return RowPrompts(p, fired, ids, r.scores - r.prototype_scores)
+        r, device = found.retrieval, self.model.device
+        return RowPrompts(found.prompts.to(device), found.fired.to(device), found.ids, r.scores - r.prototype_scores)
 
     @torch.no_grad()
     def generate(self, texts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16,
@@ -490,8 +510,8 @@ class Editor(nn.Module):
         generate_kwargs.setdefault("do_sample", False)
         for part in _batches(len(texts), batch_size):
             batch = self.model.encode_queries(list(texts[part]))
-            p, fired, _ = self._prompts(texts[part], use_memory)
-            new = self.model.generate(batch["input_ids"], batch["attention_mask"], p, fired,
+            rp = self.row_prompts(texts[part]) if use_memory else RowPrompts()
+            new = self.model.generate(batch["input_ids"], batch["attention_mask"], rp.prompts, rp.fired,
                                       max_new_tokens=max_new_tokens, **generate_kwargs)
             out += tok.batch_decode(new, skip_special_tokens=True)
         return out
@@ -502,16 +522,30 @@ class Editor(nn.Module):
         state.update({f"prompt_encoder.{k}": v for k, v in self.prompt_encoder.state_dict().items()})
         return state
 
+    def fingerprint(self) -> str:
+        """sha256 of this editor's config and trained weights: what made a memory or a result."""
+        digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode("utf-8"))
+        for name, value in sorted(self.trainable_state_dict().items()):
+            value = value.detach().cpu().contiguous()
+            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode("utf-8"))
+            digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        return digest.hexdigest()
+
     def save(self, folder: str | os.PathLike[str], with_memory: bool = False) -> Path:
-        """``folder/editor.safetensors`` + ``folder/editor.json`` (and the memory, if asked)."""
+        """``folder/editor.safetensors`` + ``folder/editor.json`` (config, sizes and the sha256
+        of the weights file) and, if asked, the memory folder ``folder/memory`` tagged with
+        :meth:`fingerprint`."""
         folder = Path(folder)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
         with atomic_path(folder / "editor.safetensors") as tmp:
             save_file(tensors, str(tmp))
+            weights_sha256 = file_sha256(tmp)
         write_json(folder / "editor.json", {"format": FORMAT, "config": asdict(self.config),
                                             "lm_hidden": self.model.hidden_size,
-                                            "encoder_hidden": self.encoder.config.hidden_size})
+                                            "encoder_hidden": self.encoder.config.hidden_size,
+                                            "weights_sha256": weights_sha256})
         if with_memory:
+            self.memory.owner = self.fingerprint()
             self.memory.save(folder / "memory")
         return folder
 
@@ -541,13 +575,36 @@ class Editor(nn.Module):
         meta_path = folder / "editor.json"
         meta = read_checkpoint_meta(meta_path, FORMAT, "editor checkpoint")
         config = {"chat_template": "none", **meta["config"]}  # editors saved before the setting asked plainly
-        editor = cls.build(EditorConfig(**config), device=device, lm=lm, **overrides)
+        check_keys(config, [f.name for f in fields(EditorConfig)], f"{meta_path}: config")
+        try:
+            config = EditorConfig(**config)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{meta_path}: {exc}") from None
+        weights = folder / "editor.safetensors"
+        if meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
+            raise CheckpointError(f"{weights}: sha256 differs from the one recorded in {meta_path} (a corrupt file, "
+                                  "or weights from another save)")
+        editor = cls.build(config, device=device, lm=lm, **overrides)
         if editor.model.hidden_size != meta["lm_hidden"]:
             raise CheckpointError(f"{meta_path}: trained for an LM of hidden size {meta['lm_hidden']}, "
                                   f"got {editor.model.hidden_size}")
-        tensors = read_tensors(folder / "editor.safetensors")
-        editor.load_weights(tensors, str(folder / "editor.safetensors"))
+        tensors = read_tensors(weights)
+        editor.load_weights(tensors, str(weights))
         if with_memory:
-            editor.memory = EditMemory.load(folder / "memory", key_dim=editor.config.key_dim,
-                                            n_tokens=editor.config.n_tokens, lm_hidden=editor.model.hidden_size)
+            editor.memory = editor.adopt_memory(EditMemory.load(folder / "memory", key_dim=editor.config.key_dim,
+                                                                n_tokens=editor.config.n_tokens,
+                                                                lm_hidden=editor.model.hidden_size), folder / "memory")
         return editor
+
+    def adopt_memory(self, memory: EditMemory, source: str | os.PathLike[str]) -> EditMemory:
+        """``memory`` if this editor made it (same fingerprint and gate settings), else an error
+        naming what differs: keys and prompts from another editor would retrieve wrongly."""
+        own = asdict(self.new_memory().config)
+        diff = {k: (v, own.get(k)) for k, v in asdict(memory.config).items() if own.get(k) != v}
+        if diff:
+            details = ", ".join(f"{k}: memory {a!r} vs editor {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise CheckpointError(f"{source}: memory saved with other settings than this editor's ({details})")
+        if memory.owner != self.fingerprint():
+            raise CheckpointError(f"{source}: memory was made by another editor (fingerprint {str(memory.owner)[:12]} "
+                                  f"vs this editor's {self.fingerprint()[:12]}); its keys and prompts do not fit")
+        return memory

@@ -48,10 +48,10 @@ def make_editor(tiny_lm):
     """Build a tiny editor (tiny Llama + tiny BERT) for a method preset."""
     from medrek.editor import Editor, EditorConfig
 
-    def make(method: str = "medrek", **overrides):
+    def make(method: str = "medrek", seed: int = 0, **overrides):
         config = EditorConfig(method=method, lm="tiny-llama", encoder="tiny-bert", key_dim=32,
                               n_tokens=3, n_heads=4, n_prototype_tokens=4)
-        return Editor.build(config, lm=tiny_lm, seed=0, **overrides)
+        return Editor.build(config, lm=tiny_lm, seed=seed, **overrides)
 
     return make
 

@@ -5,7 +5,7 @@ import torch
 
 from conftest import REQUESTS
 from medrek import Editor
-from medrek.editor import EditedModel, encode_pairs
+from medrek.editor import EditedModel, auto_edit_id, encode_pairs
 from medrek import CheckpointError
 
 PROMPTS = [r["prompt"] for r in REQUESTS]
@@ -134,9 +134,9 @@ def why_index(why):
 
 def test_edit_requests_are_validated(make_editor):
     editor = make_editor()
-    with pytest.raises(ValueError, match="non-empty 'prompt' and 'target_new'"):
+    with pytest.raises(ValueError, match="edit request 0: 'target_new' must be a non-empty string"):
         editor.edit({"prompt": "x", "target_new": " "})
-    assert editor.edit({"prompt": "x?", "target_new": "y"}) == ["edit-0"]
+    assert editor.edit({"prompt": "x?", "target_new": "y"}) == [auto_edit_id("x?", "y")]
 
 
 @pytest.mark.parametrize("method", ["medrek", "recipe", "medrek-no-shared-qk", "medrek-no-attention", "token_attention"])
@@ -163,13 +163,23 @@ def test_incompatible_checkpoints_are_refused(make_editor, tiny_lm, tmp_path):
         Editor.load(tmp_path / "b", lm=tiny_lm)
     make_editor().save(tmp_path / "c")
     (tmp_path / "c" / "editor.safetensors").write_bytes(b"\x80\x04\x95pickled")
+    with pytest.raises(CheckpointError, match="sha256 differs from the one recorded"):
+        Editor.load(tmp_path / "c", lm=tiny_lm)
+    meta = json.loads((tmp_path / "c" / "editor.json").read_text())
+    del meta["weights_sha256"]  # as editors saved before the checksum existed
+    (tmp_path / "c" / "editor.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         Editor.load(tmp_path / "c", lm=tiny_lm)
 
 
-def test_automatic_ids_never_clash_after_removal(make_editor):
+def test_automatic_ids_never_clash_after_removal_or_with_user_ids(make_editor):
     editor = make_editor()
-    assert editor.edit([{"prompt": "a?", "target_new": "b"}, {"prompt": "c?", "target_new": "d"}]) == ["edit-0", "edit-1"]
-    editor.remove("edit-0")
-    assert editor.edit({"prompt": "e?", "target_new": "f"}) == ["edit-2"]
-    assert editor.memory.ids == ["edit-1", "edit-2"]
+    a, c = auto_edit_id("a?", "b"), auto_edit_id("c?", "d")
+    assert editor.edit([{"prompt": "a?", "target_new": "b"}, {"prompt": "c?", "target_new": "d"}]) == [a, c]
+    editor.remove(a)
+    assert editor.edit({"prompt": "e?", "target_new": "f"}) == [auto_edit_id("e?", "f")]
+    assert editor.edit({"id": "edit-0", "prompt": "g?", "target_new": "h"}) == ["edit-0"]  # a user's own id
+    assert editor.edit({"prompt": "g?", "target_new": "h"}) == [auto_edit_id("g?", "h")]
+    assert editor.memory.ids == [c, auto_edit_id("e?", "f"), "edit-0", auto_edit_id("g?", "h")]
+    with pytest.raises(ValueError, match="already stored"):
+        editor.edit({"prompt": "c?", "target_new": "d"})  # the same request again

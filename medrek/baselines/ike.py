@@ -37,6 +37,9 @@ class InContextMethod(EditMethod):
         self.editor = editor
         self.template = template
 
+    def identity(self) -> dict[str, Any]:
+        return {"retriever": self.editor.fingerprint(), "template": self.template}
+
     def edit(self, records: Sequence[EditRecord]) -> None:
         self.editor.edit(list(records), batch_size=128)
 
@@ -46,20 +49,13 @@ class InContextMethod(EditMethod):
     @torch.no_grad()
     def contextualise(self, queries: Sequence[str]) -> tuple[list[str], RowPrompts]:
         """Queries with their retrieved edit prepended, and what retrieval found."""
-        memory = self.editor.memory
-        if len(memory) == 0:
+        found = self.editor.lookup(queries)
+        if found is None:
             return list(queries), RowPrompts()
-        r = self.editor.retrieve(queries)
-        texts, ids = [], []
-        for query, row in zip(queries, r.rows.tolist()):
-            if row < 0:
-                texts.append(query)
-                ids.append(None)
-                continue
-            req = memory.requests[row]
-            texts.append(self.template.format(prompt=req["prompt"], target=req["target_new"], query=query))
-            ids.append(memory.ids[row])
-        return texts, RowPrompts(None, r.fired, ids, r.scores - r.prototype_scores)
+        texts = [query if req is None else self.template.format(prompt=req["prompt"], target=req["target_new"], query=query)
+                 for query, req in zip(queries, found.requests)]
+        r = found.retrieval
+        return texts, RowPrompts(None, r.fired, found.ids, r.scores - r.prototype_scores)
 
     def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> ScoreResult:
         texts, found = self.contextualise(prompts)
