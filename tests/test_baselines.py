@@ -108,8 +108,10 @@ def test_build_method_names_what_is_missing(tiny_lm, tmp_path, make_editor):
         build_method("rome", tiny_lm)
     with pytest.raises(ValueError, match="needs a trained 'medrek' editor"):
         build_method("ike", tiny_lm)
-    with pytest.raises(ValueError, match="unknown setting"):
+    with pytest.raises(ValueError, match="ft-l settings: unknown parameter 'stepz' \\(did you mean 'steps'\\?\\)"):
         build_method("ft-l", tiny_lm, ft={"stepz": 3})
+    with pytest.raises(ValueError, match="ft-l settings: parameter 'steps' must be int, got 'ten'"):
+        build_method("ft-l", tiny_lm, ft={"steps": "ten"})
     folder = make_editor("recipe").save(tmp_path / "recipe")
     method = build_method("recipe", tiny_lm, checkpoints={"recipe": folder})
     assert method.name == "recipe" and method.retrieval

@@ -12,6 +12,7 @@ import os
 from dataclasses import fields
 from typing import Any, Mapping, Sequence
 
+from ..config import check_keys, check_value
 from ..editor import EditedModel, Editor, resolve_chat_template
 from ..methods import PRESETS
 from .base import EditMethod, ParameterEditingMethod, RetrievalMethod, UneditedMethod
@@ -28,10 +29,10 @@ METHODS = ("unedited", *PRESETS, "ike", "ft-l", "memit")
 def config_from(cls, values: Mapping[str, Any] | None, where: str):
     """A dataclass config from a params mapping; unknown keys are refused by name."""
     values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    known = {f.name: f for f in fields(cls)}
+    check_keys(values, known, where)
+    for name, value in values.items():
+        check_value(name, value, known[name].type if isinstance(known[name].type, str) else None, where)
     return cls(**values)
 
 

@@ -9,6 +9,7 @@ editors (FT-L, MEMIT) change LM weights and put back the saved originals bit for
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import asdict, is_dataclass
 from typing import Any, Sequence
 
 import torch
@@ -52,6 +53,13 @@ class EditMethod(ABC):
     def restore(self) -> None:
         """Forget every edit: the LM answers exactly as before the first ``edit``."""
 
+    def identity(self) -> dict[str, Any]:
+        """What this method is made of beyond its name, for the signature of saved results:
+        a trained editor's fingerprint, a baseline's settings. Rows made by another identity
+        are never mixed with this one's."""
+        config = getattr(self, "config", None)
+        return {"config": asdict(config)} if is_dataclass(config) else {}
+
     def prepare(self, blocks: Sequence[Sequence[EditRecord]]) -> None:
         """Optional: precompute the upcoming independent blocks (each edited alone from the
         current state) together; ``edit`` of a prepared block is then cheap."""
@@ -86,6 +94,9 @@ class RetrievalMethod(EditMethod):
         super().__init__(editor.model)
         self.editor = editor
         self.name = name or editor.config.method
+
+    def identity(self) -> dict[str, Any]:
+        return {"editor": self.editor.fingerprint()}
 
     def edit(self, records: Sequence[EditRecord]) -> None:
         self.editor.edit(list(records), batch_size=128)

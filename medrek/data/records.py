@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
 
-__all__ = ["LocalityProbe", "EditRecord"]
+__all__ = ["LocalityProbe", "EditRecord", "records_sha256"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,13 @@ class EditRecord:
     def rephrase(self) -> str:
         """The first paraphrase (the one used by training and the standard metrics)."""
         return self.rephrase_prompts[0]
+
+
+def records_sha256(records: Sequence[EditRecord]) -> str:
+    """A hash of records' content (ids, texts, probes, meta), in order: what a checkpoint or a
+    saved result was made from."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps(asdict(record), sort_keys=True, default=str).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()

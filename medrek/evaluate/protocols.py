@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..data.records import EditRecord
+from ..data.records import EditRecord, records_sha256
 from ..io import read_json, write_csv, write_json
 if TYPE_CHECKING:
     from ..editor import EditedModel
@@ -175,9 +175,26 @@ def _score_blocks(method, records, steps: list["Step"], reference, batch_size: i
 
 
 def _signature(method, records, protocol, seed, extra) -> dict:
+    """What made a set of saved rows: the method and what it is made of (``method.identity()``:
+    a trained editor's fingerprint, a baseline's settings), the records' content, the protocol."""
     ids = hashlib.sha256("\n".join(r.record_id for r in records).encode()).hexdigest()[:16]
-    return {"method": method.name, "protocol": asdict(protocol), "seed": seed, "records": len(records),
-            "record_ids": ids, **extra}
+    return {"method": method.name, "identity": method.identity(), "protocol": asdict(protocol), "seed": seed,
+            "records": len(records), "record_ids": ids, "records_sha256": records_sha256(records), **extra}
+
+
+def _differences(saved: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> str:
+    """The fields where two signatures differ, nested ones dotted: ``identity.editor: 3f2a.. vs 9b1c..``."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, "<missing>"), now.get(key, "<missing>")
+        if a == b:
+            continue
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.append(_differences(a, b, f"{prefix}{key}."))
+        else:
+            short = [str(v)[:16] + ("..." if len(str(v)) > 16 else "") for v in (a, b)]
+            out.append(f"{prefix}{key}: saved {short[0]} vs now {short[1]}")
+    return "; ".join(out)
 
 
 def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, reference: Mapping[str, list[torch.Tensor]],
@@ -207,8 +224,7 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
     if resume and path.exists() and sig_path.exists():
         saved = read_json(sig_path)
         if saved != signature:
-            diff = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
-            raise ResumeError(f"{path}: saved results were made with other settings ({', '.join(diff)}); "
+            raise ResumeError(f"{path}: saved results were made by something else ({_differences(saved, signature)}); "
                               "delete the file or evaluate with resume=False")
         rows = pd.read_csv(path, dtype={"record_id": str, "subject": str}).to_dict("records")
     write_json(sig_path, signature)

@@ -20,23 +20,26 @@ import csv
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
 
-from ..data.records import EditRecord
+from ..data.records import EditRecord, records_sha256
+from ..config import check_fields
 from ..editor import Editor, EditorConfig
 from ..evaluate.editing import evaluate_batch_edit, unedited_locality_predictions
 from ..evaluate.metrics import prediction_positions
 from ..io import CheckpointError, read_tensors
 from ..methods import edit_text
 from . import losses
-from .checkpoint import load_training_state, restore_optimizer, save_training_checkpoint
+from .checkpoint import load_training_state, recover_folder, restore_optimizer, save_training_checkpoint
 
 __all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "method_configs", "read_training_logs"]
+
 
 LOSS_TERMS = ("q1", "q2", "q3", "edit_rel", "edit_gen", "locality")
 # Fields that may change when a run is resumed (the schedule's length and the bookkeeping).
@@ -81,6 +84,7 @@ class TrainConfig(EditorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_fields(self, TrainConfig, "TrainConfig")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose constant or cosine")
         if self.batch_size < 2:
@@ -137,12 +141,18 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, train_records: Sequence[EditRecord],
                  valid_records: Sequence[EditRecord], run_dir: str | os.PathLike[str],
-                 lm: tuple[Any, Any] | None = None, name: str | None = None) -> None:
+                 lm: tuple[Any, Any] | None = None, name: str | None = None,
+                 data: Mapping[str, Any] | None = None) -> None:
+        """``data`` names what the records came from (e.g. ``{"dataset": "medversa",
+        "train_limit": None}``); it is saved in checkpoints with a hash of the training records,
+        and resuming on other data is refused."""
         if len(train_records) < config.batch_size:
             raise ValueError(f"{len(train_records)} training records, fewer than one batch of {config.batch_size}")
         self.config = config
         self.name = name or config.method
         self.train_records = list(train_records)
+        self.data = {**dict(data or {}), "train_records": len(self.train_records),
+                     "train_sha256": records_sha256(self.train_records)}
         self.run_dir = Path(run_dir)
         self.editor = Editor.build(config.editor_config(), seed=config.seed, device=config.device, lm=lm)
         self.editor.model.eval()
@@ -363,7 +373,7 @@ class Trainer:
                 "permutation": self.permutation, "torch_rng": torch.get_rng_state()}
 
     def save_checkpoint(self, folder: Path) -> None:
-        meta = {"config": asdict(self.config), "step": self.step, "epoch": self.epoch,
+        meta = {"config": asdict(self.config), "data": self.data, "step": self.step, "epoch": self.epoch,
                 "position": self.position, "best_avg": self.best_avg if math.isfinite(self.best_avg) else None}
         save_training_checkpoint(folder, self.editor, self.optimizer, self._state_tensors(), meta)
 
@@ -377,6 +387,12 @@ class Trainer:
         if diff:
             details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {ours[k]!r}" for k in diff[:5])
             raise CheckpointError(f"{folder}: checkpoint from another training config ({details})")
+        saved_data = meta.get("data") or {}  # absent in checkpoints older than this check
+        diff = sorted(k for k in saved_data if saved_data[k] != self.data.get(k))
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {saved_data[k]!r} vs now {self.data.get(k)!r}" for k in diff)
+            raise CheckpointError(f"{folder}: checkpoint trained on other data ({details}); resume with the data "
+                                  "it was trained on, or start a new run (resume: false or another run_dir)")
         self.editor.load_weights(read_tensors(folder / "editor.safetensors"), str(folder / "editor.safetensors"))
         restore_optimizer(self.optimizer, tensors, meta["optimizer"])
         self.generator.set_state(tensors["generator"])
@@ -393,8 +409,12 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        if resume and self.last_checkpoint.exists():
+        recover_folder(self.best_checkpoint)  # finish or undo a save interrupted by a crash
+        if resume and recover_folder(self.last_checkpoint).exists():
             self.resume_from(self.last_checkpoint)
+        elif resume and self.log_path.exists() and self.log_path.stat().st_size > 200:
+            warnings.warn(f"resume: no checkpoint at {self.last_checkpoint}; training {self.name} from step 0 "
+                          f"and starting {self.log_path.name} anew", stacklevel=2)
         log = _CsvLog(self.log_path,
                       ["step", "epoch", "loss", *LOSS_TERMS, "lr_encoder", "lr_prompt", "seconds"], self.step)
         valid_log = _CsvLog(self.valid_log_path, ["step", "metric", "value"], self.step)
@@ -438,6 +458,11 @@ def read_training_logs(run_dir: str | os.PathLike[str], names: Sequence[str]) ->
     logs, valids = [], []
     for name in names:
         log = pd.read_csv(metrics / f"train_log_{name}.csv")
+        repeated = sorted(set(log.loc[log["step"].duplicated(), "step"]))
+        if repeated:
+            raise ValueError(f"{metrics / f'train_log_{name}.csv'}: step(s) {repeated[:5]} logged more than once "
+                             "(two trainings wrote into this run directory before run-dir locking existed); "
+                             "retrain into a fresh run_dir")
         logs.append(log.melt(id_vars=["step"], value_vars=["loss", *LOSS_TERMS], var_name="term").assign(method=name))
         valids.append(pd.read_csv(metrics / f"train_valid_{name}.csv").assign(method=name))
     columns = ["method", "step", "term", "value"]
