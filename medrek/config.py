@@ -14,15 +14,19 @@ A params file looks like::
 
 from __future__ import annotations
 
+import ast
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["ParamsError", "Params", "load_params", "check_keys", "REPO_ROOT", "repo_path"]
+__all__ = ["ParamsError", "Params", "load_params", "check_keys", "check_fields", "check_value", "REPO_ROOT",
+           "repo_path", "read_yaml"]
 
 COMMON_KEYS = ("data_dir", "run_dir", "seed")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,15 +72,38 @@ class Params:
         return {**common, **section}
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with ``1e-4`` read as a float (YAML 1.1 wants ``1.0e-4``; everyone writes ``1e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML file (``1e-4`` is a float); unreadable or malformed files are named."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path}: no such params file") from exc
+    except IsADirectoryError as exc:
+        raise ParamsError(f"{path}: is a folder, not a params file") from exc
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: malformed YAML: {exc}") from exc
+
+
 def load_params(path: str | os.PathLike[str]) -> Params:
     """Parse a params YAML file; structural errors name the file and the key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text("utf-8"))
-    except FileNotFoundError as exc:
-        raise ParamsError(f"{path}: no such params file") from exc
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: malformed YAML: {exc}") from exc
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     check_keys(raw, TOP_LEVEL_KEYS, str(path))
@@ -96,3 +123,103 @@ def load_params(path: str | os.PathLike[str]) -> Params:
         seed=seed,
         notebooks={k: dict(v or {}) for k, v in notebooks.items()},
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Types and ranges of parameters: notebook parameters cells and dataclass configs
+# ---------------------------------------------------------------------------------------------
+# Counts that must be at least 1, and counts or sizes that may be 0 (checked by name wherever
+# the name occurs: a notebook parameter, a TrainConfig / EditorConfig field, a method setting).
+POSITIVE = frozenset({
+    "key_dim", "n_tokens", "n_heads", "n_prototype_tokens", "max_length", "batch_size", "steps", "eval_size",
+    "checkpoint_every", "log_every", "rows_per_chunk", "limit", "train_limit", "calibration_size", "fluency_tokens",
+    "generation_tokens", "explain_tokens", "threads", "lr_encoder", "lr_prompt", "lr", "grad_clip",
+    "temperature_query_key", "temperature_query_prototype", "hnsw_m", "hnsw_ef_search", "ivf_nprobe",
+})
+NON_NEGATIVE = frozenset({
+    "seed", "warmup_steps", "retrieval_steps", "eval_every", "n_prefix_tokens", "n_suffix_tokens", "fluency_n",
+    "generation_n", "example_index", "edit_hinge", "contrastive_hinge", "weight_q1", "weight_q2", "weight_q3",
+    "weight_edit_rel", "weight_edit_gen", "weight_locality", "ivf_nlist", "min_margin",
+})
+
+
+def _alternatives(node: ast.expr) -> list[ast.expr]:
+    """``A | B | None`` and ``Optional[A]`` as a flat list of alternatives."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _alternatives(node.left) + _alternatives(node.right)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Optional":
+        return _alternatives(node.slice) + [ast.Constant(None)]
+    return [node]
+
+
+def _matches(value: Any, node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant) and node.value is None:
+        return value is None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a quoted annotation
+        return _matches(value, ast.parse(node.value, mode="eval").body)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+        outer, inner = node.value.id, node.slice
+        if outer in ("list", "List", "tuple", "Sequence"):
+            if not isinstance(value, (list, tuple)):
+                return False
+            items = inner.elts if isinstance(inner, ast.Tuple) else [inner]
+            if len(items) == 2 and isinstance(items[1], ast.Constant) and items[1].value is Ellipsis:
+                items = items[:1]
+            return len(items) != 1 or all(_type_ok(v, items[0]) for v in value)
+        if outer in ("dict", "Dict", "Mapping"):
+            if not isinstance(value, dict):
+                return False
+            key, val = inner.elts if isinstance(inner, ast.Tuple) else (inner, ast.Name("Any"))
+            return all(_type_ok(k, key) and _type_ok(v, val) for k, v in value.items())
+        if outer == "Optional":
+            return _type_ok(value, node)
+    if isinstance(node, ast.Name):
+        name = node.id
+        if name == "Any":
+            return True
+        if name == "int":
+            return isinstance(value, int) and not isinstance(value, bool)
+        if name == "float":
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name == "bool":
+            return isinstance(value, bool)
+        if name == "str":
+            return isinstance(value, str)
+        if name in ("list", "List", "tuple", "Sequence"):
+            return isinstance(value, (list, tuple))
+        if name in ("dict", "Dict", "Mapping"):
+            return isinstance(value, dict)
+    return True  # a type this checker does not know: not checked
+
+
+def _type_ok(value: Any, node: ast.expr) -> bool:
+    return any(_matches(value, alt) for alt in _alternatives(node))
+
+
+def check_value(name: str, value: Any, type_name: str | None, where: str) -> None:
+    """Refuse ``value`` for parameter ``name`` if it is not of ``type_name`` (an annotation such
+    as ``int``, ``Optional[int]``, ``float | None``, ``dict[str, float]``) or out of range."""
+    if type_name and type_name != "None":
+        try:
+            node = ast.parse(type_name, mode="eval").body
+        except SyntaxError:
+            node = None
+        if node is not None and not _type_ok(value, node):
+            hint = ""
+            if isinstance(value, str) and re.fullmatch(r"[-+]?[0-9._]+(?:[eE][-+]?[0-9]+)?", value.strip()):
+                hint = " (a number in quotes? write it without quotes, e.g. 3.0e-4)"
+            raise ParamsError(f"{where}: parameter '{name}' must be {type_name}, got {value!r}{hint}")
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if numeric and value != value:
+        raise ParamsError(f"{where}: parameter '{name}' is NaN")
+    if numeric and name in POSITIVE and not value > 0:
+        raise ParamsError(f"{where}: parameter '{name}' must be positive, got {value!r}")
+    if numeric and name in NON_NEGATIVE and not value >= 0:
+        raise ParamsError(f"{where}: parameter '{name}' must be at least 0, got {value!r}")
+
+
+def check_fields(obj: Any, cls: type, where: str) -> None:
+    """Check every field of dataclass ``cls`` on ``obj`` against its annotation and range."""
+    for f in dataclass_fields(cls):
+        check_value(f.name, getattr(obj, f.name), f.type if isinstance(f.type, str) else getattr(f.type, "__name__", None),
+                    where)

@@ -16,13 +16,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
-from .config import COMMON_KEYS, Params, ParamsError, check_keys, load_params
+from .config import COMMON_KEYS, Params, ParamsError, check_keys, check_value, load_params
 from .io import write_text
-from .rundir import RunDir
+from .rundir import LOCK_OWNER_ENV, RunDir, RunDirBusy
 
-__all__ = ["NOTEBOOKS_DIR", "notebook_paths", "notebook_parameters", "validate_params", "run_pipeline"]
+__all__ = ["NOTEBOOKS_DIR", "notebook_paths", "notebook_parameters", "validate_params", "run_pipeline",
+           "check_parameters"]
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -34,7 +35,8 @@ def notebook_paths(notebooks_dir: str | os.PathLike[str] = NOTEBOOKS_DIR) -> dic
 
 
 def notebook_parameters(path: str | os.PathLike[str]) -> dict[str, dict]:
-    """The names (and inferred defaults) of a notebook's ``parameters`` cell, via papermill."""
+    """A notebook's ``parameters`` cell via papermill: name -> ``inferred_type_name`` (the
+    annotation), ``default`` and ``help`` (the trailing comment)."""
     import papermill
 
     params = papermill.inspect_notebook(str(path))
@@ -43,15 +45,32 @@ def notebook_parameters(path: str | os.PathLike[str]) -> dict[str, dict]:
     return params
 
 
+def _check_types(values: Mapping[str, Any], declared: Mapping[str, dict], where: str) -> None:
+    for key, value in values.items():
+        if key in declared:
+            check_value(key, value, declared[key].get("inferred_type_name"), where)
+
+
 def validate_params(params: Params, notebooks: dict[str, Path]) -> None:
-    """Every section names a known notebook and every key exists in its parameters cell."""
+    """Every section names a known notebook, and every key exists in its parameters cell with a
+    value of the annotated type and in range."""
     check_keys(params.notebooks, notebooks, f"{params.path}: notebooks")
     for name, path in notebooks.items():
         declared = notebook_parameters(path)
         missing = [k for k in COMMON_KEYS if k not in declared]
         if missing:
             raise ParamsError(f"{path}: parameters cell lacks the common key(s) {missing}")
-        check_keys(params.notebooks.get(name, {}), declared, f"{params.path}: notebooks.{name}")
+        section = params.notebooks.get(name, {})
+        check_keys(section, declared, f"{params.path}: notebooks.{name}")
+        _check_types({"data_dir": params.data_dir, "seed": params.seed, **section}, declared,
+                     f"{params.path}: notebooks.{name}")
+
+
+def check_parameters(notebook: str, values: Mapping[str, Any], notebooks_dir: str | os.PathLike[str] = NOTEBOOKS_DIR) -> None:
+    """Check a running notebook's parameters (``globals()``) against its own parameters cell,
+    for runs that bypass the pipeline (``papermill -p``, JupyterLab)."""
+    declared = notebook_parameters(Path(notebooks_dir) / f"{notebook}.ipynb")
+    _check_types({k: values[k] for k in declared if k in values}, declared, f"notebook {notebook}")
 
 
 def run_pipeline(
@@ -62,8 +81,6 @@ def run_pipeline(
     log_output: bool = False,
 ) -> RunDir:
     """Validate the params, then execute each notebook into ``run_dir/notebooks/``."""
-    import papermill
-
     params = load_params(params_path)
     notebooks = notebook_paths(notebooks_dir)
     if not notebooks:
@@ -72,8 +89,23 @@ def run_pipeline(
     if only:
         check_keys(only, notebooks, "--only")
         notebooks = {k: v for k, v in notebooks.items() if k in only}
-    run = RunDir.create(run_dir or Path("runs") / params.name)
+    run = RunDir.create(run_dir or Path("runs") / params.name)  # takes the run dir's lock
     write_text(run.params, Path(params_path).read_text("utf-8"))
+    shared = os.environ.get(LOCK_OWNER_ENV)
+    os.environ[LOCK_OWNER_ENV] = str(os.getpid())  # the notebooks' kernels share this process's lock
+    try:
+        _execute(notebooks, params, run, log_output)
+    finally:
+        if shared is None:
+            os.environ.pop(LOCK_OWNER_ENV, None)
+        else:
+            os.environ[LOCK_OWNER_ENV] = shared
+    return run
+
+
+def _execute(notebooks: dict[str, Path], params: Params, run: RunDir, log_output: bool) -> None:
+    import papermill
+
     for name, path in notebooks.items():
         start = time.perf_counter()
         print(f"[medrek] {name} -> {run.notebooks / path.name}", flush=True)
@@ -90,7 +122,6 @@ def run_pipeline(
             raise
         os.replace(tmp, out)
         print(f"[medrek] {name} done in {time.perf_counter() - start:.1f} s", flush=True)
-    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run = run_pipeline(args.params, args.run_dir, args.only, log_output=args.log_output)
-    except ParamsError as exc:
+    except (ParamsError, RunDirBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"[medrek] run directory: {run.root}")

@@ -152,6 +152,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise DataError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
 def load_records(path: str | os.PathLike[str], schema: Schema | str) -> list[EditRecord]:
@@ -183,6 +185,8 @@ def load_split(
     """Load a released split by name, e.g. ``load_split("medversa", "test")``, checksum verified."""
     if dataset not in _LOADERS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(_LOADERS)}")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise DataError(f"limit must be a positive number of records or None, got {limit!r}")
     records = _LOADERS[dataset](released_path(f"{dataset}/{split}.json", data_dir))
     return records if limit is None else records[:limit]
 

@@ -107,10 +107,17 @@ def cache_dir() -> Path:
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:
     """Return ``(folder, may_download)``: explicit arg, then ``MEDREK_DATA_DIR``, then the cache."""
     if data_dir not in (None, ""):
-        return Path(data_dir).expanduser(), False
+        return _folder(Path(data_dir).expanduser(), "data_dir"), False
     if os.environ.get(ENV_DATA_DIR):
-        return Path(os.environ[ENV_DATA_DIR]).expanduser(), False
+        return _folder(Path(os.environ[ENV_DATA_DIR]).expanduser(), ENV_DATA_DIR), False
     return cache_dir() / "data" / COMMIT[:12], True
+
+
+def _folder(path: Path, source: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise DataSourceError(f"{source} points at {path}, which is a file: it must be the data folder that holds "
+                              "medversa/ and medcf/ (e.g. the folder of SOURCES.md)")
+    return path
 
 
 def _download(spec: ReleasedFile, dest: Path) -> None:
