@@ -79,7 +79,7 @@ def _figures(results, per_record):
     single = per_record[(per_record["protocol"] == "single") & (per_record["dataset"] == "medversa")]
     return {
         "batch": lambda: plots.plot_metric_vs_batch(results[results["protocol"].isin(["single", "batch"])],
-                                                    ["efficacy", "locality"]),
+                                                    ["efficacy", "locality"], per_record=per_record, seed=1),
         "overlap": lambda: plots.plot_representation_overlap(points, margins),
         "margins": lambda: plots.plot_margin_histograms(single),
         "subjects": lambda: plots.plot_subject_heatmap(single),
@@ -100,3 +100,40 @@ def test_every_paper_figure_is_byte_deterministic(results, per_record, tmp_path)
     for name, (first, second) in outputs.items():
         assert first == second, f"{name} differs between two renderings"
         assert len(first[0]) > 1000 and first[1].startswith(b"%PDF")
+
+
+def test_figures_say_what_they_show(results, per_record):
+    """Every visible panel has both axis labels (or is a heatmap column with the shared y-axis),
+    titles name the LM / dataset / split / n, and loss terms have human names."""
+    for name, make in _figures(results, per_record).items():
+        with plots.style():
+            fig = make()
+        text = " ".join([fig._suptitle.get_text() if fig._suptitle else ""] + [ax.get_title() for ax in fig.axes])
+        panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+        for ax in panels:
+            assert ax.get_xlabel() or name == "subjects", f"{name}: a panel has no x label"
+        assert panels[0].get_ylabel(), f"{name}: no y label"
+        if name in ("batch", "margins", "subjects", "sequential"):
+            assert SPLIT in text and "n = " in text, f"{name}: title lacks split and n: {text!r}"
+        if name == "training":
+            assert "[q1]" in text or "[edit_gen]" in text or "[edit_rel]" in text, text
+        if name == "subjects":
+            assert all("(n=" in t.get_text() for t in panels[0].get_yticklabels())
+        if name == "overlap":
+            assert fig.legends and "subject" in fig.legends[0].get_title().get_text()
+        plt.close(fig)
+
+
+def test_batch_figure_has_bootstrap_intervals_and_a_data_range_axis(results, per_record):
+    batch = results[results["protocol"].isin(["single", "batch"])]
+    with plots.style():
+        fig = plots.plot_metric_vs_batch(batch, ["efficacy"], per_record=per_record, seed=0)
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    values = batch.loc[batch["metric"] == "efficacy", "value"]
+    assert (low, high) != (-0.02, 1.02) and low <= values.min() and high >= values.max()
+    bars = [c for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+    assert bars, "no error bars"
+    lo, hi = plots.bootstrap_ci([0.0, 1.0] * 50, seed=3)
+    assert 0.38 < lo < 0.5 < hi < 0.62 and plots.bootstrap_ci([0.0, 1.0] * 50, seed=3) == (lo, hi)
+    plt.close(fig)

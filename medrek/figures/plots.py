@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from importlib import resources
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from ..io import atomic_path
@@ -16,12 +18,35 @@ from ..io import atomic_path
 __all__ = ["style", "save_figure", "plot_subject_distribution", "plot_length_distributions",
            "plot_training_curves", "plot_validation_curves", "METHOD_COLORS", "method_color",
            "plot_method_metrics", "plot_metric_vs_batch", "plot_metric_vs_edits", "single_valued",
-           "plot_representation_overlap", "plot_margin_histograms", "plot_subject_heatmap"]
+           "plot_representation_overlap", "plot_margin_histograms", "plot_subject_heatmap", "bootstrap_ci",
+           "describe", "LOSS_NAMES", "METRIC_LABELS"]
 
 # One colour per method in every figure (Okabe-Ito; grey for the unedited LM).
 METHOD_COLORS = {
-    "unedited": "#999999", "medrek": "#0072B2", "recipe": "#E69F00", "ike": "#009E73", "ft-l": "#D55E00", "memit": "#CC79A7",
-    "medrek-no-shared-qk": "#56B4E9", "medrek-no-attention": "#F0E442", "token_attention": "#000000",
+    "unedited": "#999999", "medrek-lm-embedding": "#882255", "medrek": "#0072B2", "recipe": "#E69F00", "ike": "#009E73",
+    "ft-l": "#D55E00", "memit": "#CC79A7", "medrek-no-shared-qk": "#56B4E9", "medrek-no-attention": "#F0E442",
+    "token_attention": "#000000",
+}
+# Subjects get another palette than methods (Set2), so a subject is never read as a method.
+OTHER_SUBJECTS = "#e8e8e8"
+SUBJECT_PALETTE = ["#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f", "#e5c494", "#b3b3b3"]
+
+# What each logged loss term is, for axis titles (the internal name stays in brackets).
+LOSS_NAMES = {
+    "loss": "total loss",
+    "q1": "query-key contrastive [q1]",
+    "q2": "prototype for the other query [q2]",
+    "q3": "locality query to prototype [q3]",
+    "edit_rel": "edit NLL after the prompt [edit_rel]",
+    "edit_gen": "edit NLL after the paraphrase [edit_gen]",
+    "locality": "locality KL [locality]",
+}
+# What each metric measures, for axis labels.
+METRIC_LABELS = {
+    "efficacy": "efficacy (target-token accuracy)",
+    "generality": "generality (accuracy on paraphrase)",
+    "locality": "locality (agreement with unedited)",
+    "avg": "Avg of the three",
 }
 METHOD_ORDER = list(METHOD_COLORS)
 
@@ -79,18 +104,40 @@ def plot_length_distributions(lengths: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def plot_training_curves(log: pd.DataFrame, terms: Sequence[str], window: int = 10) -> plt.Figure:
+def describe(frame: pd.DataFrame) -> str:
+    """What a results frame is about, for a figure title: LM, dataset and split, and n."""
+    parts = []
+    for column in ("lm", "dataset", "split"):
+        if column in frame and frame[column].notna().any():
+            parts.append(", ".join(str(v) for v in dict.fromkeys(frame[column].dropna())))
+    if "n" in frame and frame["n"].notna().any():
+        ns = sorted({int(v) for v in frame["n"].dropna()})
+        parts.append(f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}")
+    elif "record_id" in frame:
+        parts.append(f"n = {frame['record_id'].nunique()} requests")
+    return " · ".join(parts)
+
+
+def plot_training_curves(log: pd.DataFrame, terms: Sequence[str], window: int = 10, context: str = "") -> plt.Figure:
     """One panel per loss term, one line per method; ``log`` is tidy (method, step, term, value)."""
-    fig, axes = plt.subplots(1, len(terms), figsize=(2.6 * len(terms), 2.8), squeeze=False)
-    for ax, term in zip(axes[0], terms):
+    ncols = min(len(terms), 4)
+    nrows = -(-len(terms) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 2.6 * nrows), squeeze=False)
+    for ax, term in zip(axes.flat, terms):
         part = log[log["term"] == term]
-        for method, grp in part.groupby("method", sort=True):
-            grp = grp.sort_values("step")
-            ax.plot(grp["step"], grp["value"].rolling(window, min_periods=1).mean(), label=method)
-        ax.set_title(term)
-        ax.set_xlabel("step")
+        for method in _methods(part):
+            grp = part[part["method"] == method].sort_values("step")
+            ax.plot(grp["step"], grp["value"].rolling(window, min_periods=1).mean(), label=method,
+                    color=method_color(method))
+        ax.set_title(LOSS_NAMES.get(term, term), fontsize=8)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (nats)")
+    for ax in list(axes.flat)[len(terms):]:
+        ax.set_visible(False)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"training loss terms (rolling mean over {window} steps)", y=1.04)
+    title = f"training loss terms (rolling mean over {window} steps)"
+    fig.suptitle(f"{title}\n{context}" if context else title, y=1.02)
+    fig.tight_layout()
     return fig
 
 
@@ -99,12 +146,15 @@ def plot_validation_curves(valid: pd.DataFrame, metrics: Sequence[str]) -> plt.F
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 2.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         part = valid[valid["metric"] == metric]
-        for method, grp in part.groupby("method", sort=True):
-            ax.plot(grp["step"], grp["value"], marker="o", label=method)
+        for method in _methods(part):
+            grp = part[part["method"] == method].sort_values("step")
+            ax.plot(grp["step"], grp["value"], marker="o", label=method, color=method_color(method))
         ax.set_title(metric)
-        ax.set_xlabel("step")
+        ax.set_xlabel("optimizer step")
         ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("fraction (validation edits)")
     axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 
@@ -143,41 +193,83 @@ def plot_method_metrics(results: pd.DataFrame, metrics: Sequence[str], title: st
         ax.bar([i + j * width for i in range(len(metrics))], values, width, label=method, color=method_color(method))
     ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(metrics))], metrics)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction")
+    ax.set_ylabel("fraction of target tokens / probes")
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title(title)
+    ax.set_title(f"{title}\n{describe(part)}" if title else describe(part), fontsize=9)
     return fig
 
 
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (NaNs dropped), seeded."""
+    x = np.asarray([v for v in values if pd.notna(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan
+    means = np.random.default_rng(seed).choice(x, size=(n_boot, len(x)), replace=True).mean(1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def _intervals(per_record: pd.DataFrame | None, keys: Sequence[str], metrics: Sequence[str], seed: int) -> dict:
+    """(key values..., metric) -> bootstrap interval of the per-request mean."""
+    if per_record is None:
+        return {}
+    out = {}
+    for group, rows in per_record.groupby(list(keys), dropna=False):
+        group = group if isinstance(group, tuple) else (group,)
+        for metric in metrics:
+            if metric in rows:
+                out[(*group, metric)] = bootstrap_ci(rows[metric].tolist(), seed=seed)
+    return out
+
+
 def _metric_lines(results: pd.DataFrame, metrics: Sequence[str], x: str, xlabel: str, keys: Sequence[str],
-                  what: str) -> plt.Figure:
+                  what: str, per_record: pd.DataFrame | None = None, seed: int = 0) -> plt.Figure:
     part = single_valued(results[results["metric"].isin(metrics)], keys, what)
     datasets = list(dict.fromkeys(part["dataset"]))
-    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(2.7 * len(metrics), 2.5 * len(datasets)),
+    cis = _intervals(per_record, ["dataset", "method", x], metrics, seed)
+    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(2.9 * len(metrics), 2.7 * len(datasets) + 0.4),
                              squeeze=False, sharex=True)
     for r, dataset in enumerate(datasets):
         for c, metric in enumerate(metrics):
             ax = axes[r][c]
             sel = part[(part["dataset"] == dataset) & (part["metric"] == metric)]
-            for method in _methods(sel):
+            methods = _methods(sel)
+            for k, method in enumerate(methods):
                 grp = sel[sel["method"] == method].sort_values(x)
-                ax.plot(grp[x], grp["value"], marker="o", label=method, color=method_color(method))
+                dodge = 1.06 ** (k - (len(methods) - 1) / 2)  # side by side on the log axis
+                xs = grp[x].to_numpy(dtype=float) * dodge
+                lo_hi = [cis.get((dataset, method, v, metric), (math.nan, math.nan)) for v in grp[x]]
+                err = np.array([[m - lo, hi - m] for m, (lo, hi) in zip(grp["value"], lo_hi)]).T
+                ax.errorbar(xs, grp["value"], yerr=None if np.isnan(err).all() else err, marker="o", capsize=3,
+                            markersize=4, linewidth=1, label=method, color=method_color(method))
             ax.set_xscale("log")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title(f"{dataset}: {metric}" if len(datasets) > 1 else metric)
-            if r == len(datasets) - 1:
-                ax.set_xlabel(xlabel)
+            ticks = sorted(set(sel[x]))
+            ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+            ax.minorticks_off()
+            ax.margins(x=0.15, y=0.12)  # the data's own range: differences stay visible
+            label = METRIC_LABELS.get(metric, metric)
+            ax.set_title(f"{dataset}: {label}" if len(datasets) > 1 else label, fontsize=8)
+            if c == 0:
+                ax.set_ylabel("mean over requests (fraction)")
+            ax.set_xlabel(xlabel)
     axes[0][0].legend(fontsize=7)
+    note = "points: mean; bars: 95% bootstrap interval over requests" if cis else "points: mean over requests"
+    fig.suptitle(f"{describe(part)}\n{note}", fontsize=8, y=1.0)
+    fig.tight_layout()
     return fig
 
 
-def plot_metric_vs_batch(results: pd.DataFrame, metrics: Sequence[str]) -> plt.Figure:
-    """Metrics against the batch size (single = 1), one line per method, a row per dataset."""
+def plot_metric_vs_batch(results: pd.DataFrame, metrics: Sequence[str], per_record: pd.DataFrame | None = None,
+                         seed: int = 0) -> plt.Figure:
+    """Metrics against the batch size (single = 1), one line per method, a row per dataset;
+    with ``per_record`` rows, 95% bootstrap intervals (``seed``) over requests."""
     bad = set(results["protocol"]) - {"single", "batch"}
     if bad:
         raise ValueError(f"plot_metric_vs_batch takes single/batch results only, got protocol(s) {sorted(bad)}")
-    return _metric_lines(results, metrics, "batch_size", "edits per batch",
-                         ["dataset", "method", "metric", "batch_size"], "plot_metric_vs_batch")
+    if per_record is not None:
+        per_record = per_record[per_record["protocol"].isin(["single", "batch"])]
+    return _metric_lines(results, metrics, "batch_size", "edits per batch (log scale)",
+                         ["dataset", "method", "metric", "batch_size"], "plot_metric_vs_batch", per_record, seed)
 
 
 def plot_metric_vs_edits(results: pd.DataFrame, metrics: Sequence[str]) -> plt.Figure:
@@ -185,16 +277,15 @@ def plot_metric_vs_edits(results: pd.DataFrame, metrics: Sequence[str]) -> plt.F
     bad = set(results["protocol"]) - {"sequential"}
     if bad:
         raise ValueError(f"plot_metric_vs_edits takes sequential results only, got protocol(s) {sorted(bad)}")
-    return _metric_lines(results, metrics, "eval_at", "accumulated edits",
+    return _metric_lines(results, metrics, "eval_at", "accumulated edits (log scale)",
                          ["dataset", "method", "metric", "eval_at"], "plot_metric_vs_edits")
 
 
 def _subject_colors(subjects: Sequence[str], top: int = 8) -> dict[str, str]:
     """The ``top`` most frequent subjects get the cycle's colours, the rest one light grey."""
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     common = pd.Series(list(subjects)).value_counts(sort=True).index[:top]
-    colors = {s: cycle[i % len(cycle)] for i, s in enumerate(sorted(common))}
-    return {s: colors.get(s, "#dddddd") for s in set(subjects)}
+    colors = {s: SUBJECT_PALETTE[i % len(SUBJECT_PALETTE)] for i, s in enumerate(sorted(common))}
+    return {s: colors.get(s, OTHER_SUBJECTS) for s in set(subjects)}
 
 
 def plot_representation_overlap(points: pd.DataFrame, margins: pd.DataFrame) -> plt.Figure:
@@ -211,18 +302,25 @@ def plot_representation_overlap(points: pd.DataFrame, margins: pd.DataFrame) -> 
             sel = part[part["kind"] == kind]
             ax.scatter(sel["x"], sel["y"], s=9, marker=marker, c=[colors[s] for s in sel["subject"]],
                        linewidths=0.7, alpha=0.8)
-        ax.set_title(f"{method}: keys o, queries x")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_title(f"{method}: keys (o), queries (x)", fontsize=9)
+        ax.set_xlabel("PCA 1 (keys and queries jointly)")
+        ax.set_ylabel("PCA 2")
+        ax.tick_params(labelsize=6)
+    named = sorted(s for s, c in colors.items() if c != OTHER_SUBJECTS)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[s], label=s) for s in named]
+    handles.append(plt.Line2D([], [], marker="o", linestyle="", color=OTHER_SUBJECTS, label="other subjects"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, -0.02), title="subject (colour)", title_fontsize=7)
     ax = axes[0][-1]
     for method in _methods(margins):
         values = margins.loc[margins["method"] == method, "margin"].sort_values()
         ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=method, color=method_color(method))
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("own key minus nearest wrong key")
+    ax.set_xlabel("own key minus nearest wrong key (score q·k/√d)")
     ax.set_ylabel("fraction of queries (ECDF)")
     ax.legend(fontsize=7)
-    ax.set_title("nearest-wrong-key margins")
+    ax.set_title("nearest-wrong-key margins", fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 
@@ -250,8 +348,11 @@ def plot_margin_histograms(per_record: pd.DataFrame, bins: int = 30) -> plt.Figu
                     color=kind_colors[k % len(kind_colors)], density=True)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_title(method)
-        ax.set_xlabel("top-1 score minus prototype score")
-    axes[0][0].legend(fontsize=7)
+        ax.set_xlabel("top-1 minus prototype score (q·k/√d)")
+    axes[0][0].set_ylabel("density")
+    axes[0][0].legend(fontsize=7, title="query", title_fontsize=7)
+    fig.suptitle(f"retrieval margins (an edit fires right of 0) · {describe(part)}", fontsize=8, y=1.02)
+    fig.tight_layout()
     return fig
 
 
@@ -261,17 +362,22 @@ def plot_subject_heatmap(per_record: pd.DataFrame, metrics: Sequence[str] = ("ef
 
     single_valued(per_record, ["method", "record_id", "eval_at"], "plot_subject_heatmap")
     methods = _methods(per_record)
-    subjects = per_record.groupby("subject")["record_id"].nunique().sort_values(ascending=False).index
-    fig, axes = plt.subplots(1, len(metrics), figsize=(1.2 + 0.9 * len(methods) * len(metrics), 0.3 * len(subjects) + 1.5),
+    counts = per_record.groupby("subject")["record_id"].nunique().sort_values(ascending=False)
+    subjects = counts.index
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 + 0.9 * len(methods) * len(metrics), 0.3 * len(subjects) + 1.8),
                              squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         grid = per_record.pivot_table(index="subject", columns="method", values=metric, aggfunc="mean")
         grid = grid.reindex(index=subjects, columns=methods)
         sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", annot_kws={"size": 6},
                     cbar=ax is axes[0][-1])
-        ax.set_title(metric)
+        ax.set_title(metric, fontsize=9)
         ax.set_xlabel("")
-        ax.set_ylabel("" if ax is not axes[0][0] else "subject")
+        ax.set_ylabel("" if ax is not axes[0][0] else "subject (requests)")
         if ax is not axes[0][0]:
             ax.set_yticklabels([])
+        else:
+            ax.set_yticks([i + 0.5 for i in range(len(subjects))], [f"{s} (n={counts[s]})" for s in subjects])
+    fig.suptitle(f"mean per subject · {describe(per_record)}", fontsize=8)
+    fig.tight_layout()
     return fig
