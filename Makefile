@@ -6,12 +6,13 @@ PARAMS ?= params/small.yaml
 RUN_DIR ?=
 ONLY ?=
 SMOKE_RUN := runs/smoke-test
-export MEDREK_CACHE_DIR ?= $(CURDIR)/.cache
+# the cache (converted models, downloaded data) is $MEDREK_CACHE_DIR, else ~/.cache/medrek: the same for
+# make, papermill, JupyterLab and Python
 export MPLBACKEND ?= Agg
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv reproduce evaluate test unit notebooks bench clean
+.PHONY: venv quickstart reproduce evaluate figures lab test unit notebooks bench clean
 
 $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,12 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 
 venv: $(STAMP)
 
+## Minutes, not hours: the committed editor edits three facts, then scores 20 test requests (runs/quickstart/)
+quickstart: venv
+	$(PY) -m papermill notebooks/00_quickstart.ipynb runs/quickstart/notebooks/00_quickstart.ipynb \
+		--cwd notebooks $(if $(DATA_DIR),-p data_dir $(DATA_DIR))
+	@echo "[medrek] executed notebook: runs/quickstart/notebooks/00_quickstart.ipynb"
+
 ## The main job: every notebook in order with $(PARAMS) into runs/<params name>/
 reproduce: venv
 	$(PY) -m medrek.pipeline $(PARAMS) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(ONLY),--only $(ONLY))
@@ -30,6 +37,16 @@ reproduce: venv
 ## Evaluation and figures only (notebooks 03-05), with the committed trained editors: no training
 evaluate: venv
 	$(PY) -m medrek.pipeline $(PARAMS) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) --only 03_single_edit 04_batch_edit 05_paper_figures
+
+## The paper's tables and figures from the committed small results (no model is loaded; seconds)
+figures: venv
+	$(PY) -m papermill notebooks/05_paper_figures.ipynb runs/figures/notebooks/05_paper_figures.ipynb --cwd notebooks \
+		-p run_dir runs/figures -y '{results: [results/small], split: test-first200}'
+	@echo "[medrek] figures in runs/figures/figures/, tables in runs/figures/tables/"
+
+## JupyterLab on the notebooks with the kit's environment (as root it needs --allow-root)
+lab: venv
+	$(PY) -m jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 ## Benchmarks (bench/results/*.json and the README table); FULL=1 adds 1e6 stored edits
 bench: venv

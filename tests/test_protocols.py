@@ -167,7 +167,12 @@ def test_checkpoints_resolve_from_the_repo_root_or_the_run(tmp_path, make_editor
     found = resolve_checkpoints(["unedited", "medrek"], tmp_path, None, retrieval=["medrek", "recipe"])
     assert found == {"medrek": tmp_path / "checkpoints" / "medrek" / "best"}
     with pytest.raises(FileNotFoundError, match="no trained 'recipe' editor.*editor_checkpoints"):
-        resolve_checkpoints(["recipe"], tmp_path, None, retrieval=["medrek", "recipe"])
+        resolve_checkpoints(["recipe"], tmp_path, None, retrieval=["medrek", "recipe"], fallback=None)
+    committed = resolve_checkpoints(["recipe"], tmp_path, None, retrieval=["medrek", "recipe"])  # no run of its own
+    assert committed == {"recipe": REPO_ROOT / "checkpoints" / "small" / "recipe"}
+    from medrek.evaluate.experiment import describe_checkpoints
+    assert describe_checkpoints({**found, **committed}, tmp_path) == [
+        f"medrek: {found['medrek']} (trained in this run)", f"recipe: {committed['recipe']} (the committed editor)"]
     with pytest.raises(FileNotFoundError, match=str(REPO_ROOT / "nowhere")):
         resolve_checkpoints(["medrek"], tmp_path, {"medrek": "nowhere"}, retrieval=["medrek"])
     assert split_label("test", None) == "test" and split_label("test", 100) == "test-first100"

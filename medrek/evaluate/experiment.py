@@ -16,10 +16,12 @@ import pandas as pd
 
 from ..config import repo_path
 from ..data.records import EditRecord
+from ..io import read_json
 from .protocols import Protocol, run_protocol, summarise
 from .results import upsert_results
 
-__all__ = ["EvaluationSetup", "evaluate_methods", "resolve_checkpoints", "records_path", "split_label"]
+__all__ = ["EvaluationSetup", "evaluate_methods", "resolve_checkpoints", "describe_checkpoints", "records_path",
+           "split_label", "COMMITTED_EDITORS"]
 
 
 @dataclass
@@ -49,22 +51,50 @@ def records_path(metrics: Path, setup: EvaluationSetup, method: str, protocol: P
     return Path(metrics) / "records" / f"{setup.dataset}_{setup.split}_{method}_{protocol.label}.csv"
 
 
+COMMITTED_EDITORS = "checkpoints/small"  # the trained editors committed with the kit (relative to the repo root)
+
+
 def resolve_checkpoints(methods: Sequence[str], run_root: str | os.PathLike[str],
                         given: Mapping[str, str | os.PathLike[str]] | None = None,
-                        retrieval: Sequence[str] = ()) -> dict[str, Path]:
+                        retrieval: Sequence[str] = (), fallback: str | os.PathLike[str] | None = COMMITTED_EDITORS,
+                        lm: str | None = None) -> dict[str, Path]:
     """Trained editor folders for the retrieval ``methods``: ``given`` first (relative paths
     from the repository root), else the run's own ``checkpoints/<method>/best`` from notebook
-    02. A missing one is named with what to do."""
+    02, else the committed ``<fallback>/<method>`` if it was trained for ``lm`` (None: any LM;
+    ``fallback=None``: no fallback). A missing one is named with what to do."""
     out: dict[str, Path] = {}
     for method in methods:
         if method not in retrieval:
             continue
-        folder = repo_path(given[method]) if given and method in given else Path(run_root) / "checkpoints" / method / "best"
+        if given and method in given:
+            folder = repo_path(given[method])
+        else:
+            folder = Path(run_root) / "checkpoints" / method / "best"
+            committed = repo_path(fallback) / method if fallback is not None else None
+            if not (folder / "editor.json").exists() and committed is not None and _trained_for(committed, lm):
+                folder = committed
         if not (folder / "editor.json").exists():
             raise FileNotFoundError(f"no trained {method!r} editor at {folder}: run notebook 02 with {method!r} in its "
                                     f"methods, or set editor_checkpoints: {{{method}: <folder>}} in the params")
         out[method] = folder
     return out
+
+
+def _trained_for(folder: Path, lm: str | None) -> bool:
+    if not (folder / "editor.json").exists():
+        return False
+    return lm is None or (read_json(folder / "editor.json").get("config") or {}).get("lm") == lm
+
+
+def describe_checkpoints(checkpoints: Mapping[str, Path], run_root: str | os.PathLike[str]) -> list[str]:
+    """One line per editor saying where it comes from (this run's training or the committed ones)."""
+    lines = []
+    for method, folder in checkpoints.items():
+        own = Path(folder).resolve().is_relative_to(Path(run_root).resolve())
+        where = "trained in this run" if own else ("the committed editor" if repo_path(COMMITTED_EDITORS) in Path(folder).parents
+                                                   else "given in editor_checkpoints")
+        lines.append(f"{method}: {folder} ({where})")
+    return lines
 
 
 def evaluate_methods(methods: Sequence[str], build: Callable[[str], Any], records: Sequence[EditRecord],

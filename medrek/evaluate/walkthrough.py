@@ -3,14 +3,15 @@ prompt tokens look like to the LM, and what the LM says before and after."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
 
 from ..data.records import EditRecord
+from .generation import contains_target
 
-__all__ = ["explain_edit"]
+__all__ = ["explain_edit", "edit_demo"]
 
 
 @torch.no_grad()
@@ -49,3 +50,31 @@ def explain_edit(editor, record: EditRecord, max_new_tokens: int = 24, nearest: 
                 "generations": pd.DataFrame(generations)}
     finally:
         editor.memory = saved
+
+
+@torch.no_grad()
+def edit_demo(editor, facts: Sequence[Mapping[str, str]], max_new_tokens: int = 32, ike=None) -> pd.DataFrame:
+    """What a user sees: for each fact's question and paraphrase, the greedy answer before any
+    edit, with all ``facts`` edited in (and with ``ike``, in-context editing on the same
+    retriever, if given), and after removing the last fact. Leaves ``editor``'s memory as it
+    found it. Each fact is ``{"id", "prompt", "target_new", "rephrase"}``."""
+    if len(editor.memory):
+        raise ValueError("edit_demo needs an editor with an empty memory")
+    rows = [(f["id"], kind, f[key], f["target_new"]) for f in facts
+            for kind, key in (("question", "prompt"), ("paraphrase", "rephrase"))]
+    questions = [q for _, _, q, _ in rows]
+    before = editor.generate(questions, max_new_tokens=max_new_tokens, use_memory=False)
+    try:
+        editor.edit([{"id": f["id"], "prompt": f["prompt"], "target_new": f["target_new"]} for f in facts])
+        fired = [editor.explain(q).edit_id for q in questions]
+        edited = editor.generate(questions, max_new_tokens=max_new_tokens)
+        in_context = ike.generate(questions, max_new_tokens=max_new_tokens) if ike is not None else [None] * len(rows)
+        editor.remove(facts[-1]["id"])
+        removed = editor.generate(questions, max_new_tokens=max_new_tokens)
+    finally:
+        editor.clear()
+    table = pd.DataFrame(rows, columns=["edit", "asked", "text", "target_new"])
+    table = table.assign(retrieved=fired, before=before, edited=edited, ike=in_context,
+                         **{"after removing " + facts[-1]["id"]: removed})
+    table["target in edited answer"] = [contains_target(a, t) for t, a in zip(table["target_new"], edited)]
+    return table if ike is not None else table.drop(columns="ike")
