@@ -26,6 +26,7 @@ venv: $(STAMP)
 
 ## Minutes, not hours: the committed editor edits three facts, then scores 20 test requests (runs/quickstart/)
 quickstart: venv
+	mkdir -p runs/quickstart/notebooks
 	$(PY) -m papermill notebooks/00_quickstart.ipynb runs/quickstart/notebooks/00_quickstart.ipynb \
 		--cwd notebooks $(if $(DATA_DIR),-p data_dir $(DATA_DIR))
 	@echo "[medrek] executed notebook: runs/quickstart/notebooks/00_quickstart.ipynb"
@@ -40,6 +41,7 @@ evaluate: venv
 
 ## The paper's tables and figures from the committed small results (no model is loaded; seconds)
 figures: venv
+	mkdir -p runs/figures/notebooks
 	$(PY) -m papermill notebooks/05_paper_figures.ipynb runs/figures/notebooks/05_paper_figures.ipynb --cwd notebooks \
 		-p run_dir runs/figures -y '{results: [results/small], split: test-first200}'
 	@echo "[medrek] figures in runs/figures/figures/, tables in runs/figures/tables/"
