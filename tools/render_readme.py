@@ -64,7 +64,7 @@ def suite() -> str:
              "notebook cells** re-executed under nbval."]
     if SUITE.exists():
         t = json.loads(SUITE.read_text())
-        lines.append(f"Last timed from a clean clone on {t['machine']} ({t['date']}, {t['tests']} tests then): "
+        lines.append(f"Last timed from a clean clone on {t['machine']} ({t['date']}, {t['tests']} tests passed then): "
                      f"set-up {t['setup_s'] / 60:.1f} min, unit tests {t['unit_s']:.0f} s, smoke pipeline "
                      f"{t['smoke_s']:.0f} s, nbval {t['nbval_s']:.0f} s; `make quickstart` "
                      f"{t['quickstart_s'] / 60:.1f} min with the venv in place.")
