@@ -51,3 +51,11 @@ def test_notebook_03_runs_from_the_repository_root_with_only_a_limit(tmp_path):
     assert "checkpoints/small/medrek-lm-embedding (the committed editor)" in text
     assert "checkpoints/small/recipe (the committed editor)" in text
     assert (run_dir / "metrics" / "results.csv").is_file()
+
+
+def test_notebooks_are_valid_nbformat():
+    """A schema error (e.g. cell ids in an nbformat 4.4 notebook) makes Jupyter log errors on every run."""
+    import nbformat
+
+    for name, path in notebook_paths().items():
+        nbformat.validate(nbformat.read(path, as_version=4))
