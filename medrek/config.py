@@ -21,12 +21,12 @@ import re
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 
-__all__ = ["ParamsError", "Params", "load_params", "check_keys", "check_fields", "check_value", "REPO_ROOT",
-           "repo_path", "read_yaml"]
+__all__ = ["ParamsError", "Params", "load_params", "check_keys", "check_fields", "check_settings", "check_value",
+           "REPO_ROOT", "repo_path", "read_yaml"]
 
 COMMON_KEYS = ("data_dir", "run_dir", "seed")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -218,8 +218,21 @@ def check_value(name: str, value: Any, type_name: str | None, where: str) -> Non
         raise ParamsError(f"{where}: parameter '{name}' must be at least 0, got {value!r}")
 
 
+def _annotation(field_: Any) -> str | None:
+    """A dataclass field's annotation as text (a string under ``from __future__ import annotations``)."""
+    return field_.type if isinstance(field_.type, str) else getattr(field_.type, "__name__", None)
+
+
 def check_fields(obj: Any, cls: type, where: str) -> None:
     """Check every field of dataclass ``cls`` on ``obj`` against its annotation and range."""
     for f in dataclass_fields(cls):
-        check_value(f.name, getattr(obj, f.name), f.type if isinstance(f.type, str) else getattr(f.type, "__name__", None),
-                    where)
+        check_value(f.name, getattr(obj, f.name), _annotation(f), where)
+
+
+def check_settings(values: Mapping[str, Any], cls: type, where: str) -> None:
+    """Check a mapping meant for dataclass ``cls`` before building it: every key is a field
+    (did-you-mean otherwise) and every value has the field's type and range."""
+    known = {f.name: f for f in dataclass_fields(cls)}
+    check_keys(values, known, where)
+    for name, value in values.items():
+        check_value(name, value, _annotation(known[name]), where)

@@ -604,7 +604,8 @@ class Editor(nn.Module):
         if diff:
             details = ", ".join(f"{k}: memory {a!r} vs editor {b!r}" for k, (a, b) in sorted(diff.items()))
             raise CheckpointError(f"{source}: memory saved with other settings than this editor's ({details})")
-        if memory.owner != self.fingerprint():
+        own_fingerprint = self.fingerprint()
+        if memory.owner != own_fingerprint:
             raise CheckpointError(f"{source}: memory was made by another editor (fingerprint {str(memory.owner)[:12]} "
-                                  f"vs this editor's {self.fingerprint()[:12]}); its keys and prompts do not fit")
+                                  f"vs this editor's {own_fingerprint[:12]}); its keys and prompts do not fit")
         return memory

@@ -9,10 +9,9 @@ parameter-editing baselines ``ft-l`` and ``memit``.
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 from typing import Any, Mapping, Sequence
 
-from ..config import check_keys, check_value
+from ..config import check_settings
 from ..editor import EditedModel, Editor, resolve_chat_template
 from ..methods import PRESETS
 from .base import EditMethod, ParameterEditingMethod, RetrievalMethod, UneditedMethod
@@ -29,10 +28,7 @@ METHODS = ("unedited", *PRESETS, "ike", "ft-l", "memit")
 def config_from(cls, values: Mapping[str, Any] | None, where: str):
     """A dataclass config from a params mapping; unknown keys are refused by name."""
     values = dict(values or {})
-    known = {f.name: f for f in fields(cls)}
-    check_keys(values, known, where)
-    for name, value in values.items():
-        check_value(name, value, known[name].type if isinstance(known[name].type, str) else None, where)
+    check_settings(values, cls, where)
     return cls(**values)
 
 

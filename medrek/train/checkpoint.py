@@ -19,8 +19,7 @@ from safetensors.torch import save_file
 
 from ..io import atomic_folder, read_checkpoint_meta, read_tensors, recover_folder, write_json
 
-__all__ = ["save_training_checkpoint", "load_training_state", "optimizer_tensors", "restore_optimizer",
-           "recover_folder"]
+__all__ = ["save_training_checkpoint", "load_training_state", "optimizer_tensors", "restore_optimizer"]
 
 FORMAT = "medrek.TrainerState/1"
 

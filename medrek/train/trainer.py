@@ -33,10 +33,10 @@ from ..config import check_fields
 from ..editor import Editor, EditorConfig
 from ..evaluate.editing import evaluate_batch_edit, unedited_locality_predictions
 from ..evaluate.metrics import prediction_positions
-from ..io import CheckpointError, read_tensors
+from ..io import CheckpointError, read_tensors, recover_folder
 from ..methods import edit_text
 from . import losses
-from .checkpoint import load_training_state, recover_folder, restore_optimizer, save_training_checkpoint
+from .checkpoint import load_training_state, restore_optimizer, save_training_checkpoint
 
 __all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "method_configs", "read_training_logs"]
 
