@@ -119,3 +119,65 @@ def test_subject_counts_and_lengths():
     lengths = mv.length_stats(splits)
     row = lengths[(lengths.split == "train") & (lengths.field == "target_new") & (lengths.stat == "max")]
     assert row["value"].item() == 2.0
+
+
+# ---- cross-field leaks (issue 18): one hand-made instance of every rule ---------------------
+def _leaky_pool():
+    """A clean pool plus exactly one exact instance of each cross-field rule, and one folded one."""
+    pool = _pool(20)
+    pool[1]["rephrase_prompt"] = pool[1]["prompt"]                          # rephrase-is-own-prompt
+    pool[2]["rephrase_prompt"] = pool[3]["prompt"]                          # rephrase-is-other-prompt
+    pool[4]["locality_prompt"] = pool[5]["rephrase_prompt"]                 # locality-is-other-rephrase
+    pool[6]["locality_prompt"] = pool[6]["rephrase_prompt"]                 # locality-is-own-rephrase
+    pool[7]["locality_prompt"] = pool[8]["prompt"]                          # locality-is-other-prompt
+    pool[9]["locality_prompt"] = pool[9]["prompt"]                          # locality-is-own-prompt
+    pool[10]["locality_prompt"] = pool[11]["locality_prompt"] = "Shared?"   # shared-locality
+    pool[12]["rephrase_prompt"] = pool[13]["rephrase_prompt"] = "Same?"     # shared-rephrase
+    pool[14]["prompt"] = pool[15]["prompt"]                                 # shared-prompt
+    pool[16]["rephrase_prompt"] = pool[17]["prompt"].upper()                # folded only
+    return pool
+
+
+def test_every_cross_field_rule_finds_its_hand_made_instance():
+    counts = mv.cross_field_counts(mv.cross_field_audit(_leaky_pool())).set_index(["rule", "comparison"])
+    for rule in mv.CROSS_FIELD_RULES:  # a rule removed from the list, or one that finds nothing, fails here
+        expected = 2 if rule.name == "rephrase-is-other-prompt" else 1  # + the folded-only instance
+        assert counts.loc[(rule.name, "exact"), "findings"] == 1, rule.name
+        assert counts.loc[(rule.name, "folded"), "findings"] == expected, rule.name
+    assert len(counts) == 2 * len(mv.CROSS_FIELD_RULES)
+    assert counts["findings"].sum() == 2 * len(mv.CROSS_FIELD_RULES) + 1
+
+
+def test_cross_field_findings_name_both_records_and_the_splits():
+    pool = _leaky_pool()
+    splits = {"train": pool[:4] + pool[5:], "valid": [], "test": [pool[4]]}
+    findings = mv.cross_field_audit(pool, splits)
+    row = findings[(findings["rule"] == "locality-is-other-rephrase") & (findings["comparison"] == "exact")].iloc[0]
+    assert (row["id"], row["related_ids"], row["field"], row["related_field"]) == ("4", "5", "locality_prompt",
+                                                                                   "rephrase_prompt")
+    assert (row["split"], row["splits"]) == ("across", "train+test")
+    counts = mv.cross_field_counts(findings).set_index(["rule", "comparison"])
+    assert counts.loc[("locality-is-other-rephrase", "exact"), ["train", "across", "train+test"]].tolist() == [0, 1, 1]
+    assert counts.loc[("shared-locality", "exact"), ["train", "across", "train+test"]].tolist() == [1, 0, 0]
+
+
+def test_semantic_cross_field_uses_cosine_across_records_only():
+    pool = _pool(4)
+    basis = torch.eye(12)
+    prompts, rephrases, localities = basis[:4], basis[4:8].clone(), basis[8:]
+    rephrases[2] = torch.nn.functional.normalize(basis[0] + 0.1 * basis[1], dim=0)  # rephrase 2 ~ prompt 0 (cos 0.995)
+    rephrases[3] = basis[3]  # rephrase 3 == prompt 3: its own record, never a semantic finding
+    findings = mv.cross_field_audit(pool, embeddings={"prompt": prompts, "rephrase_prompt": rephrases,
+                                                      "locality_prompt": localities}, threshold=0.95)
+    semantic = findings[findings["comparison"] == "semantic"]
+    assert semantic[["rule", "id", "related_ids"]].values.tolist() == [["rephrase-is-other-prompt", "2", "0"]]
+    assert semantic["cosine"].iloc[0] == pytest.approx(0.995, abs=1e-3)
+
+
+def test_semantic_shared_text_groups_are_connected_components():
+    pool = _pool(5)
+    e = torch.nn.functional.normalize(torch.tensor([[1, 0, 0], [1, .05, 0], [1, .1, 0], [0, 1, 0], [0, 0, 1.]]), dim=1)
+    findings = mv.cross_field_audit(pool, embeddings={f: e for f in mv.QUESTION_FIELDS}, threshold=0.99,
+                                    rules=[r for r in mv.CROSS_FIELD_RULES if r.name == "shared-prompt"])
+    semantic = findings[findings["comparison"] == "semantic"]
+    assert semantic[["id", "related_ids", "records"]].values.tolist() == [["0", "1 2", 3]]

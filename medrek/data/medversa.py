@@ -34,6 +34,11 @@ __all__ = [
     "PoolValidationError",
     "audit_pool",
     "near_duplicate_locality",
+    "CrossFieldRule",
+    "CROSS_FIELD_RULES",
+    "cross_field_audit",
+    "cross_field_counts",
+    "cross_field_markdown",
     "load_errata",
     "apply_errata",
     "split_pool",
@@ -184,6 +189,162 @@ def near_duplicate_locality(
     return pd.DataFrame(rows, columns=columns).sort_values(["cosine", "index"], ascending=[False, True], ignore_index=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# Cross-field leaks: every question field against every other, across records
+# ---------------------------------------------------------------------------------------------
+QUESTION_FIELDS = ("prompt", "rephrase_prompt", "locality_prompt")
+COMPARISONS = ("exact", "folded", "semantic")
+
+
+@dataclass(frozen=True)
+class CrossFieldRule:
+    """One comparison of a record's question ``field`` with ``other`` questions.
+
+    ``scope`` is ``own`` (the same record's ``other`` field) or ``others`` (any other record's).
+    With ``field == other`` and scope ``others`` a finding is a group of records sharing the
+    text; otherwise it is the record whose ``field`` matches.
+    """
+
+    name: str
+    field: str
+    other: str
+    scope: str
+    consequence: str
+
+    @property
+    def shared(self) -> bool:
+        return self.field == self.other
+
+
+CROSS_FIELD_RULES = (
+    CrossFieldRule("shared-prompt", "prompt", "prompt", "others",
+                   "two records edit the same question"),
+    CrossFieldRule("shared-rephrase", "rephrase_prompt", "rephrase_prompt", "others",
+                   "two records share a generality probe"),
+    CrossFieldRule("shared-locality", "locality_prompt", "locality_prompt", "others",
+                   "one locality probe serves several records"),
+    CrossFieldRule("rephrase-is-own-prompt", "rephrase_prompt", "prompt", "own",
+                   "generality is just efficacy"),
+    CrossFieldRule("rephrase-is-other-prompt", "rephrase_prompt", "prompt", "others",
+                   "generality measures another record's edit as much as this one"),
+    CrossFieldRule("locality-is-own-prompt", "locality_prompt", "prompt", "own",
+                   "the locality probe asks the edited question"),
+    CrossFieldRule("locality-is-other-prompt", "locality_prompt", "prompt", "others",
+                   "with that edit stored, 'must not change' is ill-posed"),
+    CrossFieldRule("locality-is-own-rephrase", "locality_prompt", "rephrase_prompt", "own",
+                   "the locality probe is the record's own paraphrase"),
+    CrossFieldRule("locality-is-other-rephrase", "locality_prompt", "rephrase_prompt", "others",
+                   "with that edit stored, the probe is a paraphrase of it: 'must not change' is ill-posed"),
+)
+
+
+def _split_of(splits: dict[str, Sequence[dict[str, Any]]] | None) -> dict[str, str]:
+    return {str(r["id"]): name for name, recs in (splits or {}).items() for r in recs}
+
+
+def _groups_over(sims: torch.Tensor, threshold: float) -> list[list[int]]:
+    """Connected components (size > 1) of the graph ``sims >= threshold`` (diagonal ignored)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    hits = (sims >= threshold).nonzero()
+    hits = hits[hits[:, 0] != hits[:, 1]].numpy()
+    n = sims.shape[0]
+    graph = coo_matrix((np.ones(len(hits)), (hits[:, 0], hits[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels.tolist()):
+        members[label].append(i)
+    return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
+
+
+def _matches(pool: Sequence[dict[str, Any]], rule: CrossFieldRule, comparison: str,
+             embeddings: dict[str, torch.Tensor] | None, threshold: float) -> list[tuple[int, list[int], float]]:
+    """(anchor index, related indices, cosine or 1.0) of every finding of ``rule``."""
+    n = len(pool)
+    if comparison == "semantic":
+        if rule.scope == "own":
+            return []  # a record's own paraphrase is meant to be close: only string identity counts
+        a, b = embeddings[rule.field], embeddings[rule.other]
+        sims = a @ b.T  # [N, N]
+        if rule.shared:
+            return [(g[0], g[1:], float(sims[g[0], g[1]])) for g in _groups_over(sims, threshold)]
+        sims.fill_diagonal_(-1.0)
+        best = sims.max(dim=1).values
+        out = []
+        for i in (best >= threshold).nonzero()[:, 0].tolist():
+            out.append((i, (sims[i] >= threshold).nonzero()[:, 0].tolist(), float(best[i])))
+        return out
+    key = (lambda t: t) if comparison == "exact" else _fold
+    if rule.scope == "own":
+        return [(i, [], 1.0) for i, r in enumerate(pool) if key(r[rule.field]) == key(r[rule.other])]
+    index: dict[str, list[int]] = defaultdict(list)
+    for j, r in enumerate(pool):
+        index[key(r[rule.other])].append(j)
+    if rule.shared:
+        return [(g[0], g[1:], 1.0) for g in index.values() if len(g) > 1]
+    out = []
+    for i in range(n):
+        related = [j for j in index.get(key(pool[i][rule.field]), []) if j != i]
+        if related:
+            out.append((i, related, 1.0))
+    return out
+
+
+def cross_field_audit(pool: Sequence[dict[str, Any]], splits: dict[str, Sequence[dict[str, Any]]] | None = None,
+                      embeddings: dict[str, torch.Tensor] | None = None, threshold: float = 0.95,
+                      rules: Sequence[CrossFieldRule] = CROSS_FIELD_RULES) -> pd.DataFrame:
+    """Every cross-field finding of ``rules`` in ``pool``: one row per finding and comparison.
+
+    Comparisons: ``exact`` string equality, ``folded`` (case and spacing ignored; includes the
+    exact ones) and, when ``embeddings`` (field -> [N, H] L2-normalised sentence embeddings in
+    pool order) are given, ``semantic`` (cosine >= ``threshold``; across records only). With
+    ``splits`` (split name -> records, matched by id), each finding says which splits its
+    records fall in: ``split`` is one name, or ``across`` with ``splits`` listing them (a
+    train/test pair is a leak of the test set into training). Reports only; removes nothing.
+    """
+    where = _split_of(splits)
+    rows = []
+    for rule in rules:
+        for comparison in COMPARISONS:
+            if comparison == "semantic" and embeddings is None:
+                continue
+            for i, related, cosine in _matches(pool, rule, comparison, embeddings, threshold):
+                ids = [str(pool[k]["id"]) for k in [i, *related]]
+                in_splits = sorted({where[x] for x in ids if x in where}, key=lambda s: SPLITS.index(s) if s in SPLITS else 99)
+                rows.append({
+                    "rule": rule.name, "comparison": comparison, "index": i, "id": ids[0],
+                    "field": rule.field, "text": pool[i][rule.field],
+                    "related_ids": " ".join(ids[1:]), "related_field": rule.other,
+                    "related_text": pool[related[0]][rule.other] if related else pool[i][rule.other],
+                    "records": len(ids), "cosine": round(cosine, 4),
+                    "split": (in_splits[0] if len(in_splits) == 1 else "across") if in_splits else "",
+                    "splits": "+".join(in_splits),
+                })
+    columns = ["rule", "comparison", "index", "id", "field", "text", "related_ids", "related_field", "related_text",
+               "records", "cosine", "split", "splits"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def cross_field_counts(findings: pd.DataFrame, rules: Sequence[CrossFieldRule] = CROSS_FIELD_RULES) -> pd.DataFrame:
+    """Findings per rule and comparison (zeros included): in total, per split, across splits,
+    and how many of those cross train and test (``train+test``: a test question also in training)."""
+    comparisons = [c for c in COMPARISONS if c in set(findings["comparison"])] or ["exact", "folded"]
+    rows = []
+    for rule in rules:
+        for comparison in comparisons:
+            if comparison == "semantic" and rule.scope == "own":
+                continue
+            part = findings[(findings["rule"] == rule.name) & (findings["comparison"] == comparison)]
+            row = {"rule": rule.name, "comparison": comparison, "findings": len(part), "records": int(part["records"].sum())}
+            for split in SPLITS:
+                row[split] = int((part["split"] == split).sum())
+            row["across"] = int((part["split"] == "across").sum())
+            row["train+test"] = int(part["splits"].str.contains("train").mul(part["splits"].str.contains("test")).sum())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def load_errata(path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """The kit's MedVersa errata (or a user's file in the same format)."""
     if path is None:
@@ -306,8 +467,37 @@ def word_lengths(splits: dict[str, list[dict]], fields: Sequence[str] = ("prompt
     return pd.DataFrame(rows)
 
 
+def cross_field_markdown(findings: pd.DataFrame, threshold: float | None = None, examples: int = 2) -> str:
+    """The datasheet's cross-field section: counts per rule and split, then examples."""
+    counts = cross_field_counts(findings)
+    rules = {r.name: r for r in CROSS_FIELD_RULES}
+    counts.insert(2, "consequence", [rules[n].consequence for n in counts["rule"]])
+    lines = [
+        "## Cross-field leaks (reported, nothing removed)",
+        "",
+        "Every question field (prompt, rephrase, locality prompt) against every other, within a record "
+        "(`*-own-*` rules) and across records (`*-other-*` and `shared-*`). A finding is a record, or for `shared-*` a group of records "
+        "sharing one text. `folded` ignores case and spacing and includes `exact`; `semantic` is "
+        + (f"sentence-embedding cosine >= {threshold}, across records only. " if threshold is not None else
+           "not computed here. ")
+        + "Per split: findings whose records all lie in that split; `across`: records in several splits, "
+        "of which `train+test` join a test record with a training record (a leak of the test set).",
+        "",
+        counts.to_markdown(index=False),
+        "",
+    ]
+    shown = findings[findings["comparison"].isin(["exact", "folded"])].drop_duplicates(["rule", "index"])
+    for name, group in shown.groupby("rule", sort=False):
+        lines.append(f"- **{name}** ({rules[name].consequence}):")
+        for _, row in group.head(examples).iterrows():
+            lines.append(f"  - id {row['id']} ({row['splits']}) {row['field']} {row['text']!r} = "
+                         f"{row['related_field']} of id {row['related_ids'] or row['id']}")
+    return "\n".join(lines + [""])
+
+
 def datasheet_markdown(counts: pd.DataFrame, audit: PoolAudit, lengths: pd.DataFrame,
-                       n_near: int, threshold: float, comparison: pd.DataFrame | None) -> str:
+                       n_near: int, threshold: float, comparison: pd.DataFrame | None,
+                       cross_findings: pd.DataFrame | None = None) -> str:
     """A short datasheet for the run directory (Markdown)."""
     audit_rows = "\n".join(f"| {rule} | {n} |" for rule, n in audit.counts().items() if rule != "records")
     means = lengths[lengths["stat"] == "mean"].pivot(index="field", columns="split", values="value")[list(SPLITS)]
@@ -334,6 +524,9 @@ def datasheet_markdown(counts: pd.DataFrame, audit: PoolAudit, lengths: pd.DataF
         means.to_markdown(),
         "",
     ]
+    if cross_findings is not None:
+        semantic = (cross_findings["comparison"] == "semantic").any()
+        lines += [cross_field_markdown(cross_findings, threshold if semantic else None)]
     if comparison is not None:
         lines += ["## Comparison with the released split", "",
                   comparison.to_markdown(index=False), ""]
