@@ -63,6 +63,34 @@ def memory_table(data: dict) -> list[str]:
     return lines
 
 
+def long_targets_table(data: dict | None) -> list[str]:
+    """Scoring speed by target length (bench/long_targets.py)."""
+    if not data:
+        return []
+    lo, hi = min(data["lengths"]), max(data["lengths"])
+    out = [f"**Long targets** (long_targets.json; synthetic MedFE-style records, {data['n_records']} per length, "
+           "target and both locality answers exactly N LM tokens, single protocol, no fluency; rows/s counts the "
+           "prompt, rephrase and two locality rows of each request, the unedited LM's locality rows being the "
+           "reference's; share of the wall time in the LM decoder / vocabulary projection / metric / rest):", "",
+           "| target tokens | method | rows/s | target tokens/s | LM forward | projection | metric | rest |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in data["rows"]:
+        split = r["split"]
+        rest = 1 - split.get("lm_forward", 0) - split.get("vocab_projection", 0) - split.get("metric", 0)
+        out.append(f"| {r['target_tokens']} | {r['method']} | {r['rows_per_s']:.2f} | {r['target_tokens_per_s']:.0f} "
+                   f"| {split.get('lm_forward', 0):.0%} | {split.get('vocab_projection', 0):.0%} "
+                   f"| {split.get('metric', 0):.0%} | {rest:.0%} |")
+    ratios = data.get(f"tokens_per_s_ratio_{hi}_vs_{lo}", {})
+    line = (f"Target tokens/s at {hi} vs {lo} tokens: "
+            + ", ".join(f"{m} **{v:.2f}**" for m, v in ratios.items()) + " (goal >= 0.5).")
+    check = data.get("check_100x100")
+    if check:
+        line += (f" {check['records']} records with 100-token targets, unedited, single protocol: scoring "
+                 f"{check['scoring_seconds']:.0f} s + locality reference {check['reference_seconds']:.0f} s = "
+                 f"**{check['total_seconds']:.0f} s** (goal < {check['target_seconds']} s).")
+    return out + ["", line, ""]
+
+
 def render() -> str:
     out = ["Measured with the scripts in `bench/` (`bench/run.py` runs them all; 2-core CPU unless the JSON says "
            "otherwise; a row exists only for the scripts that have been run); every ratio compares "
@@ -113,6 +141,7 @@ def render() -> str:
                 out.append(f"| {r['config']} | {r['samples_per_second_bucketed']} | {r['samples_per_second_one_padded_forward']} "
                            f"| {r['speedup_ratio']} | {r['seconds_per_step_bucketed']} | {r['peak_rss_mib']} |")
         out.append("")
+    out += long_targets_table(load("long_targets"))
     e2e = load("end_to_end")
     if e2e:
         parts = [f"`make test` {e2e['make_test_s']:.0f} s (venv already built), of which the smoke pipeline "

@@ -24,6 +24,7 @@ STEPS = {
     "inference_overhead": ["inference_overhead.py"],
     "train_throughput": ["train_throughput.py", "--config", "smoke"],
     "train_throughput_small": ["train_throughput.py", "--config", "small", "--steps", "6"],
+    "long_targets": ["long_targets.py"],
     "end_to_end": ["end_to_end.py"],
 }
 

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .data.records import EditRecord
-from .evaluate.metrics import prediction_positions, teacher_forced_selected
+from .evaluate.metrics import per_row_scores, prediction_positions, token_scores
 from .config import check_fields, check_keys
 from .io import CheckpointError, atomic_path, file_sha256, read_checkpoint_meta, read_tensors, write_json
 from .memory import EditMemory, Explanation, Lookup, MemoryConfig, Retrieval
@@ -48,15 +48,28 @@ class PairBatch:
     input_ids: torch.Tensor  # [B, L] prompt tokens then target tokens, right-padded
     attention_mask: torch.Tensor  # [B, L]
     target_mask: torch.Tensor  # [B, L] True at target-token positions
+    truncated: torch.Tensor | None = None  # [B] True where the row was cut to max_length
 
     def to(self, device: torch.device | str) -> "PairBatch":
-        return PairBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.target_mask)))
+        cut = self.truncated if self.truncated is not None else torch.zeros(len(self.input_ids), dtype=torch.bool)
+        return PairBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.target_mask)), cut)
 
 
-def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int = 256,
+def check_max_length(max_length: int | None) -> None:
+    if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2):
+        raise ValueError(f"max_length must be None (never cut a row) or an integer >= 2, got {max_length!r}")
+
+
+def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int | None = None,
                  add_special_tokens: bool = True) -> PairBatch:
     """Tokenise ``prompt`` (with the tokenizer's special tokens unless ``add_special_tokens`` is
-    False, as for chat-formatted prompts) followed by ``" " + target``."""
+    False, as for chat-formatted prompts) followed by ``" " + target``.
+
+    ``max_length`` None (the default) never cuts a row. A number cuts longer rows from the left,
+    keeping the target, so the prompt loses its first tokens (and with them, possibly, what makes
+    it an efficacy rather than a generality probe): ``truncated`` marks every row that was cut,
+    for the caller to count and report."""
+    check_max_length(max_length)
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     empty = [i for i, t in enumerate(targets) if not t.strip()]
@@ -68,8 +81,9 @@ def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_
     for i, (p, t) in enumerate(zip(p_ids, t_ids)):
         if not t:
             raise ValueError(f"target {i} ({targets[i]!r}) tokenises to nothing")
-        ids = (p + t)[-max_length:]  # keep the target; truncate the prompt from the left
+        ids = p + t if max_length is None else (p + t)[-max_length:]  # keep the target; cut from the left
         rows.append((ids, len(ids) - len(t)))
+    cut = torch.tensor([len(p) + len(t) > len(ids) for (p, t), (ids, _) in zip(zip(p_ids, t_ids), rows)], dtype=torch.bool)
     L = max(len(ids) for ids, _ in rows)
     pad = tokenizer.pad_token_id
     input_ids = torch.full((len(rows), L), pad, dtype=torch.long)
@@ -79,7 +93,7 @@ def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention[i, : len(ids)] = 1
         target[i, max(start, 1): len(ids)] = True
-    return PairBatch(input_ids, attention, target)
+    return PairBatch(input_ids, attention, target, cut)
 
 
 CHAT_TEMPLATE_SETTINGS = ("auto", "none")
@@ -130,7 +144,7 @@ class EditedModel(nn.Module):
         return [self.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
                                                    add_generation_prompt=True) for t in texts]
 
-    def encode_pairs(self, prompts: Sequence[str], targets: Sequence[str], max_length: int = 256) -> PairBatch:
+    def encode_pairs(self, prompts: Sequence[str], targets: Sequence[str], max_length: int | None = None) -> PairBatch:
         """:func:`encode_pairs` of the formatted prompts (the template carries its own special tokens)."""
         return encode_pairs(self.tokenizer, self.format(prompts), targets, max_length,
                             add_special_tokens=not self.chat_template)
@@ -187,6 +201,16 @@ class EditedModel(nn.Module):
         Returns [B, L, V], or [N, V] at the N ``positions`` [B, L] (bool) when given: the
         vocabulary projection is then computed only where it is needed.
         """
+        inputs, skip = self._inputs(input_ids, attention_mask, prompts, fired)
+        if positions is not None and self._plain_head:
+            hidden = self.lm.get_decoder()(**inputs).last_hidden_state[:, skip:]  # [B, L, H]
+            return self.project(hidden[positions])  # [N, V]
+        logits = self.lm(**inputs).logits[:, skip:]  # [B, L, V]
+        return logits if positions is None else logits[positions]
+
+    def _inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: torch.Tensor | None,
+                fired: torch.Tensor | None) -> tuple[dict[str, Any], int]:
+        """The LM's keyword inputs for a batch, and how many prompt slots lead each row (0: none)."""
         use = prompts is not None and fired is not None and bool(fired.any())
         if use:
             embeds, mask = self._with_prompts(input_ids, attention_mask, prompts, fired.to(input_ids.device))
@@ -195,12 +219,27 @@ class EditedModel(nn.Module):
         else:
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         inputs["use_cache"] = False  # one full pass: a KV cache would only cost copies
-        skip = prompts.shape[1] if use else 0
-        if positions is not None and self._plain_head:
-            hidden = self.lm.get_decoder()(**inputs).last_hidden_state[:, skip:]  # [B, L, H]
-            return self.project(hidden[positions])  # [N, V]
-        logits = self.lm(**inputs).logits[:, skip:]  # [B, L, V]
-        return logits if positions is None else logits[positions]
+        return inputs, prompts.shape[1] if use else 0
+
+    @torch.no_grad()
+    def target_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: torch.Tensor | None,
+                      fired: torch.Tensor | None, positions: torch.Tensor, labels: torch.Tensor,
+                      chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """Argmax token [N] and the label's NLL [N] at the N ``positions`` [B, L] (bool).
+
+        The vocabulary projection and the metric run ``chunk`` positions at a time, so memory
+        is [chunk, V] rather than [N, V]: a batch of 32 rows with 300-token targets would
+        otherwise hold 9,600 x V logits (1.9 GB for SmolLM2), twice. Same numbers either way.
+        """
+        if not self._plain_head:
+            return token_scores(self(input_ids, attention_mask, prompts, fired, positions=positions), labels)
+        inputs, skip = self._inputs(input_ids, attention_mask, prompts, fired)
+        hidden = self.lm.get_decoder()(**inputs).last_hidden_state[:, skip:][positions]  # [N, H]
+        pieces = [token_scores(self.project(hidden[s: s + chunk]), labels[s: s + chunk])
+                  for s in range(0, len(hidden), chunk)]
+        if not pieces:
+            return labels.new_zeros(0), torch.zeros(0, device=labels.device)
+        return torch.cat([a for a, _ in pieces]), torch.cat([n for _, n in pieces])
 
     def forward_bucketed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: torch.Tensor | None,
                          fired: torch.Tensor | None, positions: torch.Tensor, rows_per_chunk: int = 8) -> torch.Tensor:
@@ -287,6 +326,7 @@ class ScoreResult:
     retrieved_ids: list[str | None] = field(default_factory=list)  # the edit that fired, else None
     predictions: list[torch.Tensor] = field(default_factory=list)  # argmax ids at target positions
     margins: torch.Tensor | None = None  # [N] top-1 score minus prototype score (NaN: empty memory)
+    truncated: torch.Tensor | None = None  # [N] bool, the row was cut to max_length (lost prompt tokens)
 
 
 @dataclass
@@ -301,36 +341,42 @@ class RowPrompts:
 
 @torch.no_grad()
 def score_pairs(model: "EditedModel", prompts: Sequence[str], targets: Sequence[str],
-                retrieve: Callable[[list[int]], RowPrompts] | None = None, batch_size: int = 32) -> ScoreResult:
+                retrieve: Callable[[list[int]], RowPrompts] | None = None, batch_size: int = 32,
+                max_length: int | None = None) -> ScoreResult:
     """Teacher-forced scores of (prompt, target) pairs in length-sorted batches.
 
     ``retrieve(indices)`` gives the prompt tokens for those rows (none: the plain LM, which is
-    also how parameter-editing baselines are scored). Results come back in input order.
+    also how parameter-editing baselines are scored). ``max_length`` (None: never) cuts longer
+    rows from the left; ``truncated`` says which. Results come back in input order.
     """
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]) + len(targets[i]), i))
-    acc, nll, fired_all, ids_all, preds, margins = [], [], [], [], [], []
+    acc, nll, fired_all, ids_all, preds, margins, cut = [], [], [], [], [], [], []
     for part in _batches(len(order), batch_size):
         idx = order[part]
-        batch = model.encode_pairs([prompts[i] for i in idx], [targets[i] for i in idx]).to(model.device)
+        batch = model.encode_pairs([prompts[i] for i in idx], [targets[i] for i in idx], max_length).to(model.device)
         rp = retrieve(idx) if retrieve is not None else RowPrompts()
         positions = prediction_positions(batch.target_mask)
-        logits = model(batch.input_ids, batch.attention_mask, rp.prompts, rp.fired, positions=positions)  # [N, V]
-        labels = batch.input_ids[:, 1:][batch.target_mask[:, 1:]]
-        tf = teacher_forced_selected(logits, labels, positions.nonzero()[:, 0], len(idx))
+        labels = batch.input_ids[:, 1:][batch.target_mask[:, 1:]]  # [N]
+        argmax, token_nll = model.target_scores(batch.input_ids, batch.attention_mask, rp.prompts, rp.fired,
+                                                positions, labels)
+        tf = per_row_scores(argmax, token_nll, labels, positions.nonzero()[:, 0], len(idx))
         acc.append(tf.accuracy)
         nll.append(tf.nll)
         preds += tf.predictions
+        cut.append(batch.truncated.cpu())
         fired_all.append(rp.fired.cpu() if rp.fired is not None else torch.zeros(len(idx), dtype=torch.bool))
         ids_all += rp.ids if rp.ids is not None else [None] * len(idx)
         margins.append(rp.margins.cpu().float() if rp.margins is not None else torch.full((len(idx),), math.nan))
     if not order:
         empty = torch.zeros(0)
-        return ScoreResult(empty, empty.clone(), torch.zeros(0, dtype=torch.bool), [], [], empty.clone())
+        none = torch.zeros(0, dtype=torch.bool)
+        return ScoreResult(empty, empty.clone(), none, [], [], empty.clone(), none.clone())
     inverse = sorted(range(len(order)), key=order.__getitem__)
     return ScoreResult(torch.cat(acc).cpu()[inverse], torch.cat(nll).cpu()[inverse], torch.cat(fired_all)[inverse],
-                       [ids_all[i] for i in inverse], [preds[i] for i in inverse], torch.cat(margins)[inverse])
+                       [ids_all[i] for i in inverse], [preds[i] for i in inverse], torch.cat(margins)[inverse],
+                       torch.cat(cut)[inverse])
 
 
 def _as_request(item: EditRecord | Mapping[str, Any], position: int) -> dict[str, Any]:
@@ -477,18 +523,18 @@ class Editor(nn.Module):
     # ---- scoring and generation --------------------------------------------------------------
     @torch.no_grad()
     def score(self, prompts: Sequence[str], targets: Sequence[str], queries: Sequence[str] | None = None,
-              batch_size: int = 32, use_memory: bool = True) -> ScoreResult:
+              batch_size: int = 32, use_memory: bool = True, max_length: int | None = None) -> ScoreResult:
         """Teacher-forced accuracy and NLL of ``targets`` after ``prompts``.
 
         Retrieval uses ``queries`` (default: the prompts). ``use_memory=False`` scores the
-        unedited LM through the same code path.
+        unedited LM through the same code path. ``max_length``: see :func:`score_pairs`.
         """
         queries = list(queries) if queries is not None else list(prompts)
 
         def retrieve(idx: list[int]) -> RowPrompts:
             return self.row_prompts([queries[i] for i in idx]) if use_memory else RowPrompts()
 
-        return score_pairs(self.model, prompts, targets, retrieve, batch_size)
+        return score_pairs(self.model, prompts, targets, retrieve, batch_size, max_length)
 
     @torch.no_grad()
     def row_prompts(self, texts: Sequence[str]) -> RowPrompts:

@@ -100,5 +100,35 @@ def test_released_splits_load(data_dir):
     sizes = {("medversa", "train"): 3000, ("medversa", "test"): 1000, ("medcf", "valid"): 818}
     for (dataset, split), n in sizes.items():
         assert len(load_split(dataset, split, data_dir)) == n
-    with pytest.raises(DataError, match="unknown dataset"):
-        load_split("medfe", "test", data_dir)
+    with pytest.raises(DataError, match="unknown dataset 'medfx'; choose one of .*'medfe'"):
+        load_split("medfx", "test", data_dir)
+
+
+def test_the_medfe_fixture_is_what_the_kit_writes(tmp_path):
+    """tests/fixtures/medfe_style.json (the smoke pipeline's MedFE) is medrek.data.synthetic's output."""
+    from medrek.config import REPO_ROOT
+    from medrek.data.synthetic import write_medfe_fixture
+
+    fresh = write_medfe_fixture(tmp_path / "medfe.json", n=8, target_words=40)
+    assert (REPO_ROOT / "tests" / "fixtures" / "medfe_style.json").read_text() == fresh.read_text()
+    records = load_medfe(fresh)
+    assert len(records) == 8 and all(len(r.target_new.split()) == 40 for r in records)
+    assert {len(r.locality["topic"].answer.split()) for r in records} == {40}
+
+
+def test_requests_first_or_shuffled(tmp_path):
+    from medrek.data import load_requests, select_requests
+    from medrek.data.synthetic import write_medfe_fixture
+
+    path = write_medfe_fixture(tmp_path / "medfe.json", n=10)
+    first = load_requests("medfe", "test", file=path, limit=4)
+    assert [r.record_id for r in first] == ["0", "1", "2", "3"]
+    shuffled = load_requests("medfe", "test", file=path, limit=4, subset="shuffled", seed=3)
+    again = load_requests("medfe", "test", file=path, limit=4, subset="shuffled", seed=3)
+    other = load_requests("medfe", "test", file=path, limit=4, subset="shuffled", seed=4)
+    assert [r.record_id for r in shuffled] == [r.record_id for r in again] != [r.record_id for r in first]
+    assert [r.record_id for r in shuffled] != [r.record_id for r in other]
+    assert len({r.record_id for r in shuffled}) == 4
+    assert len(select_requests(first, None, "shuffled")) == 4  # no limit: every request, in file order
+    with pytest.raises(DataError, match="subset must be one of"):
+        select_requests(first, 2, "random")

@@ -226,12 +226,72 @@ def test_sequential_fluency_keeps_the_accumulated_edits(tmp_path, tiny_lm, make_
     reference = unedited_locality_predictions(EditedModel(*tiny_lm), recs)
 
     class Spy(RetrievalMethod):
-        def score(self, prompts, targets, batch_size=32):
+        def score(self, prompts, targets, batch_size=32, max_length=None):
             self.sizes.append(len(self.editor.memory))
-            return super().score(prompts, targets, batch_size=batch_size)
+            return super().score(prompts, targets, batch_size=batch_size, max_length=max_length)
 
     spy = Spy(make_editor())
     spy.sizes = []
     run_protocol(spy, recs, Protocol("sequential", 2, (2, 6)), reference, tmp_path / "s.csv", progress=False,
                  fluency_n=1, fluency_tokens=4)
     assert spy.sizes == [2, 6]
+
+
+# ---- no silent truncation (issue 18) --------------------------------------------------------
+def test_encode_pairs_cuts_only_when_asked_and_marks_the_rows(tiny_lm):
+    from medrek.editor import encode_pairs
+
+    _, tok = tiny_lm
+    prompts, targets = ["a much longer question about something", "hi"], ["answer", "y"]
+    whole = encode_pairs(tok, prompts, targets)
+    assert not whole.truncated.any()
+    cut = encode_pairs(tok, prompts, targets, max_length=8)
+    assert cut.truncated.tolist() == [True, False] and cut.input_ids.shape[1] == 8
+    assert cut.target_mask[0].sum() == whole.target_mask[0].sum()  # the target is kept whole
+    with pytest.raises(ValueError, match="max_length must be None"):
+        encode_pairs(tok, prompts, targets, max_length=0)
+
+
+def test_cut_rows_are_counted_in_rows_and_results_and_warned_about(tmp_path, tiny_lm):
+    from medrek.evaluate import TruncationWarning
+
+    recs = records()
+    model = EditedModel(*tiny_lm)
+    longest = max(len(model.encode_pairs([q], [r.target_new]).input_ids[0]) for r in recs for q in (r.prompt, r.rephrase))
+    with pytest.warns(TruncationWarning, match="locality reference"):
+        reference = unedited_locality_predictions(model, recs, max_length=4)
+    with pytest.warns(TruncationWarning, match=r"unedited single: \d+ scored rows .* max_length=4"):
+        rows = run_protocol(UneditedMethod(model), recs, Protocol("single"), reference, tmp_path / "cut.csv",
+                            progress=False, max_length=4)
+    assert (rows["truncated_rows"] > 0).all() and rows["truncated_rows"].max() <= 2  # prompt + rephrase rows
+    context = dict.fromkeys(["method", "lm", "encoder", "chat_template", "dataset", "split", "protocol",
+                             "batch_size", "seed", "run_id"], "x")
+    summary = summarise(rows, context).set_index("metric")
+    assert summary.loc["truncated_rows", "value"] == rows["truncated_rows"].sum()  # a total, not a mean
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncationWarning)  # the default never cuts, so never warns
+        whole = run_protocol(UneditedMethod(model), recs, Protocol("single"),
+                             unedited_locality_predictions(model, recs), tmp_path / "whole.csv", progress=False)
+        roomy = run_protocol(UneditedMethod(model), recs, Protocol("single"), reference, tmp_path / "roomy.csv",
+                             progress=False, max_length=longest)
+    assert (whole["truncated_rows"] == 0).all() and (roomy["truncated_rows"] == 0).all()
+    assert not rows["efficacy"].equals(whole["efficacy"])  # cutting the prompt changes what is measured
+
+
+def test_unedited_locality_is_the_reference_not_a_second_forward(tmp_path, tiny_lm):
+    recs = records()
+    model = EditedModel(*tiny_lm)
+    reference = unedited_locality_predictions(model, recs)
+
+    class Counting(UneditedMethod):
+        scored = 0
+
+        def score(self, prompts, targets, batch_size=32, max_length=None):
+            Counting.scored += len(prompts)
+            return super().score(prompts, targets, batch_size, max_length)
+
+    rows = run_protocol(Counting(model), recs, Protocol("single"), reference, tmp_path / "u.csv", progress=False)
+    assert Counting.scored == 2 * len(recs)  # prompts and rephrases only
+    assert (rows["locality"] == 1.0).all()

@@ -1,4 +1,5 @@
 import io
+import json
 import shutil
 import urllib.error
 
@@ -9,9 +10,64 @@ from medrek.data.sources import RELEASED_FILES, DataSourceError, released_path, 
 
 
 def test_every_released_file_verifies(data_dir):
-    for name, spec in RELEASED_FILES.items():
-        path = released_path(name, data_dir)
-        assert sources.sha256_of(path) == spec.sha256
+    present = {name for name in RELEASED_FILES if (data_dir / name).is_file()}
+    assert {n for n in RELEASED_FILES if not n.startswith("medfe/")} <= present  # MedFE: downloaded by users
+    for name in present:
+        assert sources.sha256_of(released_path(name, data_dir)) == RELEASED_FILES[name].sha256
+
+
+def _serve(monkeypatch, payload: bytes) -> list[str]:
+    """Answer downloads with ``payload`` (no network); returns the URLs asked for."""
+    asked = []
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(url, timeout=None):
+        asked.append(url)
+        return Response(payload)
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", urlopen)
+    return asked
+
+
+def test_medfe_downloads_from_the_pinned_commit_and_is_checksummed(monkeypatch, tmp_path):
+    import dataclasses
+    import hashlib
+
+    from medrek.data import load_split
+    from medrek.data.synthetic import medfe_style_records
+
+    payload = json.dumps(medfe_style_records(5, target_words=40)).encode()
+    monkeypatch.delenv("MEDREK_DATA_DIR", raising=False)
+    monkeypatch.setenv("MEDREK_CACHE_DIR", str(tmp_path))
+    asked = _serve(monkeypatch, payload)
+    spec = RELEASED_FILES["medfe/test.json"]
+    assert (spec.records, spec.sha256[:12]) == (842, "01d452821c7e")
+    with pytest.raises(DataSourceError, match=r"downloaded medfe/test\.json has sha256 .* expected 01d452821c7e"):
+        load_split("medfe", "test")  # the fixture is not the release: refused, nothing cached
+    assert asked == [f"https://raw.githubusercontent.com/mylittleriver/MedREK/{sources.COMMIT}/"
+                     "medrek/data/evaluation/medfe/test.json"]
+    assert not list(tmp_path.rglob("test.json"))
+    monkeypatch.setitem(RELEASED_FILES, "medfe/test.json",
+                        dataclasses.replace(spec, sha256=hashlib.sha256(payload).hexdigest()))
+    records = load_split("medfe", "test", limit=3)
+    assert len(records) == 3 and set(records[0].locality) == {"topic", "tokenSem"}
+
+
+def test_medfe_in_a_data_folder_must_be_the_release(tmp_path):
+    from medrek.data import load_split
+    from medrek.data.synthetic import write_medfe_fixture
+
+    with pytest.raises(DataSourceError, match=r"medfe/test\.json: missing.*medrek/data/evaluation/medfe/test\.json"):
+        load_split("medfe", "test", tmp_path)
+    write_medfe_fixture(tmp_path / "medfe" / "test.json", n=4)
+    with pytest.raises(DataSourceError, match=r"sha256 mismatch for medfe/test\.json: expected 01d452821c7e"):
+        load_split("medfe", "test", tmp_path)
 
 
 def test_corrupted_file_names_file_and_checksum(data_dir, tmp_path):

@@ -64,8 +64,10 @@ class EditMethod(ABC):
         """Optional: precompute the upcoming independent blocks (each edited alone from the
         current state) together; ``edit`` of a prepared block is then cheap."""
 
-    def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> ScoreResult:
-        return score_pairs(self.model, prompts, targets, None, batch_size)
+    def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32,
+              max_length: int | None = None) -> ScoreResult:
+        """Teacher-forced scores with the current edits in place (``max_length``: see ``score_pairs``)."""
+        return score_pairs(self.model, prompts, targets, None, batch_size, max_length)
 
     def generate(self, texts: Sequence[str], max_new_tokens: int = 32, **kwargs: Any) -> list[str]:
         return generate_plain(self.model, texts, max_new_tokens, **kwargs)
@@ -104,15 +106,16 @@ class RetrievalMethod(EditMethod):
     def restore(self) -> None:
         self.editor.clear()
 
-    def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> ScoreResult:
-        return self.editor.score(prompts, targets, batch_size=batch_size)
+    def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32,
+              max_length: int | None = None) -> ScoreResult:
+        return self.editor.score(prompts, targets, batch_size=batch_size, max_length=max_length)
 
     def generate(self, texts: Sequence[str], max_new_tokens: int = 32, **kwargs: Any) -> list[str]:
         return self.editor.generate(texts, max_new_tokens=max_new_tokens, **kwargs)
 
     @torch.no_grad()
     def score_blocks(self, jobs: Sequence[tuple[Sequence[EditRecord], Sequence[str], Sequence[str]]],
-                     batch_size: int = 32) -> list[ScoreResult]:
+                     batch_size: int = 32, max_length: int | None = None) -> list[ScoreResult]:
         """Score each job's (prompts, targets) as if only that job's edits were stored, with the
         LM forwards of all jobs batched together: retrieval runs per job against a memory of
         that job's edits, then every row carries its own prompt tokens through one
@@ -138,13 +141,13 @@ class RetrievalMethod(EditMethod):
         def retrieve(idx: list[int]) -> RowPrompts:
             return RowPrompts(tokens[idx].to(device), fired[idx].to(device), [ids[i] for i in idx], margins[idx])
 
-        result = score_pairs(self.model, prompts, targets, retrieve, batch_size)
+        result = score_pairs(self.model, prompts, targets, retrieve, batch_size, max_length)
         out, start = [], 0
         for _, p, _ in jobs:
             end = start + len(p)
             out.append(ScoreResult(result.accuracy[start:end], result.nll[start:end], result.fired[start:end],
                                    result.retrieved_ids[start:end], result.predictions[start:end],
-                                   result.margins[start:end]))
+                                   result.margins[start:end], result.truncated[start:end]))
             start = end
         return out
 

@@ -57,9 +57,10 @@ class InContextMethod(EditMethod):
         r = found.retrieval
         return texts, RowPrompts(None, r.fired, found.ids, r.scores - r.prototype_scores)
 
-    def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> ScoreResult:
+    def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32,
+              max_length: int | None = None) -> ScoreResult:
         texts, found = self.contextualise(prompts)
-        result = score_pairs(self.model, texts, targets, None, batch_size)
+        result = score_pairs(self.model, texts, targets, None, batch_size, max_length)
         if found.fired is not None:
             result.fired, result.retrieved_ids, result.margins = found.fired, found.ids, found.margins
         return result

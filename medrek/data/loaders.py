@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,6 +31,10 @@ __all__ = [
     "load_medcf",
     "load_medfe",
     "load_split",
+    "load_requests",
+    "load_named_split",
+    "select_requests",
+    "SUBSETS",
     "records_from_json",
 ]
 
@@ -176,20 +181,80 @@ def load_medfe(path: str | os.PathLike[str]) -> list[EditRecord]:
 _LOADERS: dict[str, Callable[[str | os.PathLike[str]], list[EditRecord]]] = {
     "medversa": load_medversa,
     "medcf": load_medcf,
+    "medfe": load_medfe,
 }
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in _LOADERS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(_LOADERS)}")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise DataError(f"limit must be a positive number of records or None, got {limit!r}")
 
 
 def load_split(
     dataset: str, split: str, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None
 ) -> list[EditRecord]:
-    """Load a released split by name, e.g. ``load_split("medversa", "test")``, checksum verified."""
-    if dataset not in _LOADERS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(_LOADERS)}")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise DataError(f"limit must be a positive number of records or None, got {limit!r}")
+    """Load a released split by name, e.g. ``load_split("medfe", "test")``, checksum verified.
+
+    Datasets: ``medversa`` (train / valid / test), ``medcf`` (train, train_single, valid, test,
+    test_single, test_new) and ``medfe`` (test)."""
+    _check_dataset(dataset)
+    _check_limit(limit)
     records = _LOADERS[dataset](released_path(f"{dataset}/{split}.json", data_dir))
     return records if limit is None else records[:limit]
 
 
+SUBSETS = ("first", "shuffled")
+
+
+def select_requests(records: Sequence[EditRecord], limit: int | None = None, subset: str = "first",
+                    seed: int = 0) -> list[EditRecord]:
+    """The ``limit`` requests a run evaluates (all when None).
+
+    ``first`` takes the first ``limit`` in file order (the kit's default: the same requests for
+    every seed). ``shuffled`` takes the first ``limit`` after a shuffle seeded with ``seed``, as
+    the official evaluation does (with Python's ``random``; the official RNG stream is not
+    reproduced, so the same idea, not the same requests).
+    """
+    if subset not in SUBSETS:
+        raise DataError(f"subset must be one of {SUBSETS}, got {subset!r}")
+    _check_limit(limit)
+    records = list(records)
+    if limit is None:
+        return records
+    if subset == "shuffled":
+        order = list(range(len(records)))
+        random.Random(seed).shuffle(order)
+        records = [records[i] for i in order]
+    return records[:limit]
+
+
+def load_requests(dataset: str, split: str, data_dir: str | os.PathLike[str] | None = None, *,
+                  limit: int | None = None, subset: str = "first", seed: int = 0,
+                  file: str | os.PathLike[str] | None = None) -> list[EditRecord]:
+    """What a notebook evaluates: the released ``dataset/split`` (checksum verified), or ``file``
+    (a JSON file in ``dataset``'s schema: your own data, read as it is, no checksum; relative
+    paths from the repository root), then :func:`select_requests`."""
+    _check_dataset(dataset)
+    if file is None:
+        records = load_split(dataset, split, data_dir)
+    else:
+        from ..config import repo_path
+
+        records = load_records(repo_path(file), SCHEMAS[dataset])
+    return select_requests(records, limit, subset, seed)
+
+
 def subjects(records: Sequence[EditRecord]) -> list[str]:
     return sorted({r.subject for r in records})
+
+
+def load_named_split(spec: str, dataset: str, data_dir: str | os.PathLike[str] | None = None) -> list[EditRecord]:
+    """``spec`` is a split of ``dataset`` (``"train"``) or ``"dataset/split"`` (``"medversa/train"``:
+    e.g. MEMIT's statistics for MedFE, which releases only a test split)."""
+    name, _, split = spec.rpartition("/")
+    return load_split(name or dataset, split, data_dir)

@@ -77,6 +77,9 @@ _TABLE = [
      "c976028383bf805235bfa75835b59112c547674ffce73bc447488ad4e5f882e4"),
     ("medcf/test_new.json", "medrek/data/evaluation/medcf/test_new.json", 802,
      "85873c6ccb08639d7138d41561f28d72d2688f92a4db771eff9249f0636ce44b"),
+    # MedFE (long explanation targets); the release's meta-train copy has the same bytes
+    ("medfe/test.json", "medrek/data/evaluation/medfe/test.json", 842,
+     "01d452821c7e1e7a4461a10edf6f27393ada22f7469a7268ca0cadd85bb3389f"),
 ]
 RELEASED_FILES: dict[str, ReleasedFile] = {row[0]: ReleasedFile(*row) for row in _TABLE}
 

@@ -1,9 +1,10 @@
 """Metrics, editing protocols and the tidy results table."""
 
 from .metrics import agreement, avg_score, fluency, ngram_entropy, teacher_forced
-from .protocols import Protocol, ResumeError, plan, run_protocol, summarise, unedited_locality_predictions
+from .protocols import (Protocol, ResumeError, TruncationWarning, plan, run_protocol, summarise,
+                        unedited_locality_predictions)
 from .results import read_results, upsert_results
 
-__all__ = ["Protocol", "ResumeError", "agreement", "avg_score", "fluency", "ngram_entropy", "plan",
+__all__ = ["Protocol", "ResumeError", "TruncationWarning", "agreement", "avg_score", "fluency", "ngram_entropy", "plan",
            "read_results", "run_protocol", "summarise", "teacher_forced", "unedited_locality_predictions",
            "upsert_results"]

@@ -39,12 +39,14 @@ class EvaluationSetup:
     fluency_tokens: int = 100
     resume: bool = True
     progress: bool = True
+    max_length: int | None = None  # cut scored rows longer than this from the left (None: never; cuts are counted)
     settings: Mapping[str, Any] = field(default_factory=dict)  # per method name: its hyper-parameters
 
 
-def split_label(split: str, limit: int | None) -> str:
-    """How a (possibly truncated) split is named in results: ``test`` or ``test-first100``."""
-    return split if limit is None else f"{split}-first{int(limit)}"
+def split_label(split: str, limit: int | None, subset: str = "first") -> str:
+    """How a (possibly limited) split is named in results: ``test``, ``test-first100`` or
+    ``test-shuffled100`` (the seed is in every row's ``seed``)."""
+    return split if limit is None else f"{split}-{subset}{int(limit)}"
 
 
 def records_path(metrics: Path, setup: EvaluationSetup, method: str, protocol: Protocol) -> Path:
@@ -121,7 +123,7 @@ def evaluate_methods(methods: Sequence[str], build: Callable[[str], Any], record
             rows = run_protocol(method, records, protocol, reference, records_path(metrics_dir, setup, name, protocol),
                                 seed=setup.seed, batch_size=setup.batch_size, fluency_n=setup.fluency_n,
                                 fluency_tokens=setup.fluency_tokens, resume=setup.resume, progress=setup.progress,
-                                settings=setup.settings.get(name, {}), labels=context)
+                                settings=setup.settings.get(name, {}), labels=context, max_length=setup.max_length)
             tidy = summarise(rows, context)
             upsert_results(metrics_dir / "results.csv", tidy)
             summaries.append(tidy)

@@ -24,8 +24,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TeacherForced", "prediction_positions", "teacher_forced", "teacher_forced_selected", "agreement", "avg_score",
-           "ngram_entropy", "fluency"]
+__all__ = ["TeacherForced", "prediction_positions", "token_scores", "per_row_scores", "teacher_forced",
+           "teacher_forced_selected", "agreement", "avg_score", "ngram_entropy", "fluency"]
 
 
 @dataclass
@@ -42,6 +42,23 @@ def prediction_positions(target_mask: torch.Tensor) -> torch.Tensor:
     return positions
 
 
+def token_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Argmax token [N] and NLL of the label [N] from logits [N, V] at N prediction positions."""
+    return logits.argmax(-1), F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def per_row_scores(argmax: torch.Tensor, nll: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor,
+                   n_rows: int) -> TeacherForced:
+    """Per-row accuracy and mean NLL from per-position argmax [N], NLL [N] and labels [N];
+    rows [N] says which row each position belongs to (sorted, as ``mask.nonzero()`` gives them)."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    n = counts.clamp_min(1)
+    hits = torch.zeros(n_rows, device=argmax.device).index_add_(0, rows, (argmax == labels).float())
+    total = torch.zeros(n_rows, device=argmax.device).index_add_(0, rows, nll.float())
+    return TeacherForced(accuracy=hits / n, nll=total / n,
+                         predictions=list(torch.split(argmax.cpu(), counts.tolist())))
+
+
 def teacher_forced_selected(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor,
                             n_rows: int) -> TeacherForced:
     """Per-row accuracy and NLL from logits at selected positions only.
@@ -49,14 +66,7 @@ def teacher_forced_selected(logits: torch.Tensor, labels: torch.Tensor, rows: to
     logits [N, V] and labels [N] at the N prediction positions; rows [N] says which row each
     position belongs to (sorted, as ``mask.nonzero()`` gives them).
     """
-    argmax = logits.argmax(-1)  # [N]
-    nll = F.cross_entropy(logits.float(), labels, reduction="none")  # [N]
-    counts = torch.bincount(rows, minlength=n_rows)
-    n = counts.clamp_min(1)
-    hits = torch.zeros(n_rows, device=logits.device).index_add_(0, rows, (argmax == labels).float())
-    total = torch.zeros(n_rows, device=logits.device).index_add_(0, rows, nll)
-    return TeacherForced(accuracy=hits / n, nll=total / n,
-                         predictions=list(torch.split(argmax.cpu(), counts.tolist())))
+    return per_row_scores(*token_scores(logits, labels), labels, rows, n_rows)
 
 
 def teacher_forced(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> TeacherForced:

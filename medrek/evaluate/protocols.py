@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -30,11 +31,14 @@ if TYPE_CHECKING:
 from .metrics import agreement, avg_score, ngram_entropy
 
 __all__ = ["Protocol", "Step", "plan", "unedited_locality_predictions", "run_protocol", "summarise",
-           "RESULT_COLUMNS", "ResumeError"]
+           "RESULT_COLUMNS", "ResumeError", "TruncationWarning"]
 
 PROTOCOLS = ("single", "batch", "sequential")
 RESULT_COLUMNS = ["method", "lm", "encoder", "chat_template", "dataset", "split", "protocol", "batch_size",
                   "eval_at", "metric", "value", "n", "seed", "run_id"]
+
+
+SUMMED = {"truncated_rows"}  # summary metrics that are totals over the requests, not means
 
 
 class ResumeError(RuntimeError):
@@ -110,39 +114,64 @@ def plan(protocol: Protocol, n: int, seed: int) -> list[Step]:
 
 @torch.no_grad()
 def unedited_locality_predictions(model: "EditedModel", records: Sequence[EditRecord],
-                                  batch_size: int = 32) -> dict[str, list[torch.Tensor]]:
-    """Per probe name, the unedited LM's argmax tokens on every record's locality answer."""
+                                  batch_size: int = 32, max_length: int | None = None) -> dict[str, list[torch.Tensor]]:
+    """Per probe name, the unedited LM's argmax tokens on every record's locality answer.
+
+    ``max_length`` (None: never) cuts longer rows from the left, as the evaluation does; any
+    cut row is warned about with its count."""
     from ..editor import score_pairs  # the editor imports this package's metrics
 
     names = list(records[0].locality) if records else []
-    return {name: score_pairs(model, [r.locality[name].prompt for r in records],
-                              [r.locality[name].answer for r in records], None, batch_size).predictions
-            for name in names}
+    out, cut = {}, 0
+    for name in names:
+        res = score_pairs(model, [r.locality[name].prompt for r in records], [r.locality[name].answer for r in records],
+                          None, batch_size, max_length)
+        out[name] = res.predictions
+        cut += int(res.truncated.sum())
+    if cut:
+        warnings.warn(f"locality reference: {cut} of {len(names) * len(records)} rows are longer than "
+                      f"max_length={max_length} and were cut from the left; set max_length to None to score them whole",
+                      TruncationWarning, stacklevel=2)
+    return out
 
 
-def _eval_rows(recs: Sequence[EditRecord]) -> tuple[list[str], list[str]]:
-    """(prompts, targets): all prompts, then all rephrases, then each locality probe's prompts."""
+class TruncationWarning(UserWarning):
+    """Scored rows were cut to ``max_length``: their prompts lost their first tokens."""
+
+
+def _eval_rows(recs: Sequence[EditRecord], locality: bool = True) -> tuple[list[str], list[str]]:
+    """(prompts, targets): all prompts, then all rephrases, then (``locality``) each locality
+    probe's prompts."""
     prompts = [r.prompt for r in recs] + [r.rephrase for r in recs]
     targets = [r.target_new for r in recs] * 2
-    for name in recs[0].locality:
+    for name in recs[0].locality if locality else ():
         prompts += [r.locality[name].prompt for r in recs]
         targets += [r.locality[name].answer for r in recs]
     return prompts, targets
 
 
 def _record_rows(method, records, idx: list[int], res, reference) -> list[dict]:
-    """One row per evaluated record from the scores of :func:`_eval_rows`."""
+    """One row per evaluated record from the scores of :func:`_eval_rows`.
+
+    A stateless method (the unedited LM) is the reference model itself, so its locality rows
+    are not scored a second time: its predictions are the reference's (locality 1 by definition).
+    ``truncated_rows`` counts the record's scored rows that were cut to ``max_length``.
+    """
     recs = [records[i] for i in idx]
     names = list(recs[0].locality)
     n = len(recs)
+    scored = len(res.accuracy) // n  # rows scored per record
+    cut = res.truncated if res.truncated is not None else torch.zeros(len(res.accuracy), dtype=torch.bool)
     rows = []
     for j, (i, r) in enumerate(zip(idx, recs)):
         row: dict[str, Any] = {"record_id": r.record_id, "subject": r.subject,
-                               "efficacy": float(res.accuracy[j]), "generality": float(res.accuracy[n + j])}
+                               "efficacy": float(res.accuracy[j]), "generality": float(res.accuracy[n + j]),
+                               "truncated_rows": int(sum(bool(cut[k * n + j]) for k in range(scored)))}
         loc = []
         for p, name in enumerate(names):
             k = (2 + p) * n + j
-            value = float(agreement([reference[name][i]], [res.predictions[k]])[0])
+            after = reference[name][i] if method.stateless else res.predictions[k]
+            value = float(agreement([reference[name][i]], [after])[0])
             row[f"locality/{name}"] = value
             loc.append(value)
             if method.retrieval:
@@ -158,19 +187,22 @@ def _record_rows(method, records, idx: list[int], res, reference) -> list[dict]:
     return rows
 
 
-def _score_step(method, records: Sequence[EditRecord], idx: list[int], reference, batch_size: int) -> list[dict]:
+def _score_step(method, records: Sequence[EditRecord], idx: list[int], reference, batch_size: int,
+                max_length: int | None = None) -> list[dict]:
     """Score ``idx`` with the method's current edits in place."""
-    prompts, targets = _eval_rows([records[i] for i in idx])
-    return _record_rows(method, records, idx, method.score(prompts, targets, batch_size=batch_size), reference)
+    prompts, targets = _eval_rows([records[i] for i in idx], locality=not method.stateless)
+    res = method.score(prompts, targets, batch_size=batch_size, max_length=max_length)
+    return _record_rows(method, records, idx, res, reference)
 
 
-def _score_blocks(method, records, steps: list["Step"], reference, batch_size: int) -> list[list[dict]]:
+def _score_blocks(method, records, steps: list["Step"], reference, batch_size: int,
+                  max_length: int | None = None) -> list[list[dict]]:
     """Score several independent blocks in shared LM batches (``method.score_blocks``)."""
     jobs = []
     for s in steps:
         prompts, targets = _eval_rows([records[i] for i in s.evaluate])
         jobs.append(([records[i] for i in s.edit], prompts, targets))
-    results = method.score_blocks(jobs, batch_size=batch_size)
+    results = method.score_blocks(jobs, batch_size=batch_size, max_length=max_length)
     return [_record_rows(method, records, s.evaluate, res, reference) for s, res in zip(steps, results)]
 
 
@@ -201,7 +233,7 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
                  path: str | Path, *, seed: int = 0, batch_size: int = 32, fluency_n: int = 0,
                  fluency_tokens: int = 100, resume: bool = True, progress: bool = True,
                  settings: Mapping[str, Any] | None = None, labels: Mapping[str, Any] | None = None,
-                 prepare_edits: int = 32) -> pd.DataFrame:
+                 prepare_edits: int = 32, max_length: int | None = None) -> pd.DataFrame:
     """Evaluate ``method`` under ``protocol``; per-record rows go to ``path`` (CSV) block by block.
 
     ``fluency_n``: the first that many requests of the seeded order also get a sampled
@@ -210,15 +242,19 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
     rows; resuming from rows made with other settings raises :class:`ResumeError`. ``labels``
     (dataset, split, lm, ...) are stored with them for readers of the rows. Under single and
     batch protocols, methods may precompute up to ``prepare_edits`` upcoming edits' blocks
-    together (:meth:`EditMethod.prepare`).
+    together (:meth:`EditMethod.prepare`). ``max_length`` (None, the default: never) cuts
+    longer rows from the left; every row then says how many of its rows were cut
+    (``truncated_rows``) and a :class:`TruncationWarning` gives the total.
     """
     from tqdm.auto import tqdm
 
     path = Path(path)
     sig_path = path.with_suffix(".json")
-    signature = _signature(method, records, protocol, seed, {"fluency_n": fluency_n, "fluency_tokens": fluency_tokens,
-                                                            "settings": dict(settings or {}),
-                                                            "labels": dict(labels or {})})
+    extra = {"fluency_n": fluency_n, "fluency_tokens": fluency_tokens, "settings": dict(settings or {}),
+             "labels": dict(labels or {})}
+    if max_length is not None:  # absent when nothing can be cut, so rows saved before the setting still resume
+        extra["max_length"] = max_length
+    signature = _signature(method, records, protocol, seed, extra)
     signature = json.loads(json.dumps(signature))  # as it reads back from JSON
     rows: list[dict] = []
     if resume and path.exists() and sig_path.exists():
@@ -255,14 +291,21 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
             full = sum(len(s.evaluate) for s in pending) >= 256
             if pending and (not together or k == last_needed or full):
                 rows += _evaluate_pending(method, records, pending, reference, batch_size, fluent, fluency_tokens, seed, k,
-                                          isolated)
+                                          isolated, max_length)
                 bar.update(sum(len(s.evaluate) for s in pending))
                 pending = []
                 write_csv(path, pd.DataFrame(rows))
     finally:
         bar.close()
         method.restore()
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    cut = int(out["truncated_rows"].fillna(0).sum()) if "truncated_rows" in out else 0
+    if cut:
+        warnings.warn(f"{method.name} {protocol.label}: {cut} scored rows of {len(out)} requests are longer than "
+                      f"max_length={max_length} and were cut from the left (their prompts lost tokens); "
+                      "the count is in the rows and results as truncated_rows. Set max_length to None to score them whole",
+                      TruncationWarning, stacklevel=2)
+    return out
 
 
 def _prepare_window(method, records, steps: list[Step], todo: list[list[int]], k: int, last: int, size: int) -> int:
@@ -279,22 +322,22 @@ def _prepare_window(method, records, steps: list[Step], todo: list[list[int]], k
 
 
 def _evaluate_pending(method, records, pending: list[Step], reference, batch_size: int, fluent: set[int],
-                      fluency_tokens: int, seed: int, k: int, isolated: bool) -> list[dict]:
+                      fluency_tokens: int, seed: int, k: int, isolated: bool, max_length: int | None) -> list[dict]:
     """Score the pending evaluations. A stateless method's steps are scored together; when
     ``isolated`` (block-scoring retrieval editors under single/batch) each step is scored
     against its own block's edits in shared LM batches; otherwise the method's current edits
     are in place."""
     if method.stateless:
         idx = [i for s in pending for i in s.evaluate]
-        scored = _score_step(method, records, idx, reference, batch_size)
+        scored = _score_step(method, records, idx, reference, batch_size, max_length)
         per_step, start = [], 0
         for s in pending:
             per_step.append(scored[start: start + len(s.evaluate)])
             start += len(s.evaluate)
     elif isolated:
-        per_step = _score_blocks(method, records, pending, reference, batch_size)
+        per_step = _score_blocks(method, records, pending, reference, batch_size, max_length)
     else:
-        per_step = [_score_step(method, records, s.evaluate, reference, batch_size) for s in pending]
+        per_step = [_score_step(method, records, s.evaluate, reference, batch_size, max_length) for s in pending]
     rows = []
     for s, new in zip(pending, per_step):
         for i, row in zip(s.evaluate, new):
@@ -325,7 +368,8 @@ def summarise(per_record: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFr
 
     ``context`` gives method, lm, encoder, chat_template, dataset, split, protocol, batch_size,
     seed, run_id.
-    ``avg`` is the paper's Avg of the mean efficacy, generality and locality.
+    ``avg`` is the paper's Avg of the mean efficacy, generality and locality;
+    ``truncated_rows`` is a total (rows cut to ``max_length``), not a mean.
     """
     missing = [c for c in RESULT_COLUMNS if c not in ("eval_at", "metric", "value", "n") and c not in context]
     if missing:
@@ -337,7 +381,7 @@ def summarise(per_record: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFr
         for col in metric_cols:
             values = group[col].dropna()
             if len(values):
-                means[col] = (float(values.mean()), len(values))
+                means[col] = (float(values.sum() if col in SUMMED else values.mean()), len(values))
         if {"efficacy", "generality", "locality"} <= set(means):
             means["avg"] = (avg_score(means["efficacy"][0], means["generality"][0], means["locality"][0]), len(group))
         for metric, (value, n) in sorted(means.items()):
