@@ -17,6 +17,8 @@ __all__ = [
     "contrastive_q1",
     "prototype_q2",
     "locality_q3",
+    "hinge_token_nll_sum",
+    "locality_kl_sum",
     "hinge_token_nll",
     "locality_kl",
 ]
@@ -83,3 +85,23 @@ def locality_kl(pre_logits: torch.Tensor, post_logits: torch.Tensor) -> torch.Te
     log_pre = F.log_softmax(pre_logits.float(), dim=-1)
     log_post = F.log_softmax(post_logits.float(), dim=-1)
     return (log_pre.exp() * (log_pre - log_post)).sum(-1).mean()
+
+
+def hinge_token_nll_sum(logits: torch.Tensor, labels: torch.Tensor, hinge_scale: float = 1.2,
+                        eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the kept tokens' NLL, number kept): :func:`hinge_token_nll` is their quotient.
+
+    For a mean over tokens spread over several processes, which divide by the global count."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    target = probs.gather(-1, labels[:, None])[:, 0]
+    second = probs.topk(2, dim=-1).values[..., 1] if len(probs) else target
+    keep = target < second * hinge_scale
+    return -torch.log(target[keep] + eps).sum() + target.sum() * 0.0, keep.sum()
+
+
+def locality_kl_sum(pre_logits: torch.Tensor, post_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over positions of KL(pre || post), number of positions): :func:`locality_kl` is their quotient."""
+    log_pre = F.log_softmax(pre_logits.float(), dim=-1)
+    log_post = F.log_softmax(post_logits.float(), dim=-1)
+    kl = (log_pre.exp() * (log_pre - log_post)).sum(-1)
+    return kl.sum(), torch.tensor(len(kl), device=kl.device)

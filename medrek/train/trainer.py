@@ -10,8 +10,12 @@ One step on a batch of B edit records (LM frozen; heads, prototype and prompt en
 * locality: KL(pre-edit || with the record's prompt tokens) on the locality answer positions.
 
 All LM rows of a step (prompt, rephrase and locality probes) go through one batched forward.
-With a frozen encoder backbone the pooled features of every training text are computed once
-up front, so the retrieval side costs only the heads.
+Every training record's rows are tokenised once (``rows.TrainingRows``) and the unedited LM's
+states on every locality answer are computed once (``rows.LocalityReference``), so a step does no
+tokenisation; with a frozen encoder backbone the pooled features of every training text are
+computed once too, so the retrieval side costs only the heads. ``precision: bf16`` runs the LM
+under autocast (trained parts stay fp32); ``group`` (``parallel.ProcessGroup``) shards the LM rows
+over processes started by ``accelerate launch`` (``medrek.train.distributed``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -37,13 +42,18 @@ from ..io import CheckpointError, read_tensors, recover_folder
 from ..methods import edit_text
 from . import losses
 from .checkpoint import load_training_state, restore_optimizer, save_training_checkpoint
+from .parallel import SingleProcess
+from .rows import LocalityReference, TrainingRows
 
-__all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "method_configs", "read_training_logs"]
+__all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "PRECISIONS", "method_configs", "configs_from_parameters",
+           "read_training_logs"]
 
 
 LOSS_TERMS = ("q1", "q2", "q3", "edit_rel", "edit_gen", "locality")
 # Fields that may change when a run is resumed (the schedule's length and the bookkeeping).
 RESUMABLE_CHANGES = {"steps", "eval_every", "checkpoint_every", "log_every", "progress"}
+PRECISIONS = ("fp32", "bf16")
+STEP_PHASES = ("data", "forward", "backward", "optimizer")  # the step-time breakdown in the log
 
 
 @dataclass
@@ -62,6 +72,7 @@ class TrainConfig(EditorConfig):
     grad_clip: float | None = None
     rows_per_chunk: int = 8  # LM rows per length-sorted forward chunk (less padding; same result)
     retrieval_steps: int = 0  # extra optimizer steps on q1 + q2 + q3 alone after each full step
+    precision: str = "fp32"  # fp32 | bf16: the LM forward under bf16 autocast (trained parts and optimizer in fp32)
     # objective (the paper: every weight 1, hinge scales 1.2, temperatures 1)
     weight_q1: float = 1.0
     weight_q2: float = 1.0
@@ -87,6 +98,8 @@ class TrainConfig(EditorConfig):
         check_fields(self, TrainConfig, "TrainConfig")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose constant or cosine")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (the contrastive terms compare records)")
 
@@ -110,6 +123,15 @@ def method_configs(base: TrainConfig, methods: Sequence[str],
         check_keys(own, known, f"method_settings.{method}")
         out[method] = replace(base, method=method, **own)
     return out
+
+
+def configs_from_parameters(values: Mapping[str, Any]) -> dict[str, TrainConfig]:
+    """Notebook 02's parameters (its ``globals()``, or the same names from a params file) -> one
+    config per method: every parameter named like a :class:`TrainConfig` field sets it, then
+    ``method_settings`` per method (what notebook 02 and ``medrek.train.distributed`` both call)."""
+    names = {f.name for f in fields(TrainConfig)} - {"method", "progress", "log_every"}
+    base = TrainConfig(**{k: values[k] for k in names if k in values})
+    return method_configs(base, list(values["methods"]), values.get("method_settings"))
 
 
 class _CsvLog:
@@ -142,10 +164,11 @@ class Trainer:
     def __init__(self, config: TrainConfig, train_records: Sequence[EditRecord],
                  valid_records: Sequence[EditRecord], run_dir: str | os.PathLike[str],
                  lm: tuple[Any, Any] | None = None, name: str | None = None,
-                 data: Mapping[str, Any] | None = None) -> None:
+                 data: Mapping[str, Any] | None = None, group: SingleProcess | None = None) -> None:
         """``data`` names what the records came from (e.g. ``{"dataset": "medversa",
         "train_limit": None}``); it is saved in checkpoints with a hash of the training records,
-        and resuming on other data is refused."""
+        and resuming on other data is refused. ``group``: the processes sharing each step
+        (default: this one alone); only the main process writes logs and checkpoints."""
         if len(train_records) < config.batch_size:
             raise ValueError(f"{len(train_records)} training records, fewer than one batch of {config.batch_size}")
         self.config = config
@@ -154,6 +177,8 @@ class Trainer:
         self.data = {**dict(data or {}), "train_records": len(self.train_records),
                      "train_sha256": records_sha256(self.train_records)}
         self.run_dir = Path(run_dir)
+        self.group = group or SingleProcess()
+        self.synchronize_timings = False  # wait for the GPU at each phase boundary (bench/train_gpu.py)
         self.editor = Editor.build(config.editor_config(), seed=config.seed, device=config.device, lm=lm)
         self.editor.model.eval()
         self.editor.encoder.backbone.train(config.train_backbone)
@@ -170,8 +195,10 @@ class Trainer:
         self.epoch = 0
         self.permutation = self._new_permutation()
         self.best_avg = -math.inf
-        self._locality_hidden: dict[tuple[str, str], torch.Tensor] = {}
         self._valid_reference: dict[str, list[torch.Tensor]] | None = None
+        self._index_of = {id(r): i for i, r in enumerate(self.train_records)}
+        self.rows = TrainingRows(self.editor.model, self.train_records, self.editor.model.device)
+        self._reference: LocalityReference | None = None  # computed at the first step
         self._precompute_features()
 
     # ---- paths -----------------------------------------------------------------------------
@@ -204,6 +231,28 @@ class Trainer:
         rows = self.permutation[self.position: self.position + B]
         self.position += B
         return [self.train_records[int(i)] for i in rows]
+
+    def _indices(self, batch: Sequence[EditRecord]) -> torch.Tensor:
+        """Positions of ``batch``'s records among the training records (their pre-tokenised rows)."""
+        try:
+            return torch.tensor([self._index_of[id(r)] for r in batch])
+        except KeyError:
+            raise ValueError("compute_losses takes records of this trainer's train_records "
+                             "(their LM rows are tokenised when the trainer starts)") from None
+
+    def _autocast(self):
+        """bf16 autocast for the LM forward when ``precision`` is bf16."""
+        if self.config.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(device_type=self.editor.model.device.type, dtype=torch.bfloat16)
+
+    @property
+    def reference(self) -> LocalityReference | None:
+        """The unedited LM's states on every training locality answer (None: LMs whose logits
+        are not a plain projection, which get a batched unedited forward per step instead)."""
+        if self._reference is None and self.editor.model._plain_head:
+            self._reference = LocalityReference.compute(self.editor.model, self.rows, autocast=self._autocast())
+        return self._reference
 
     def _precompute_features(self) -> None:
         """Pooled features of every training text, in one fixed order (frozen backbone only)."""
@@ -255,57 +304,55 @@ class Trainer:
     def edit_losses(self, batch: Sequence[EditRecord], prompt_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """edit_rel, edit_gen and locality with the batch's prompt tokens [B, T, H] prepended.
 
-        One LM pass for all rows: prompt+target, rephrase+target, each locality probe.
+        One LM pass for all rows: prompt+target, rephrase+target, each locality probe, built
+        from the pre-tokenised rows. With several processes, this one computes the rows of its
+        shard of the records and its share of each token mean (see ``parallel``).
         """
-        cfg, editor = self.config, self.editor
-        prompts = [r.prompt for r in batch]
-        rephrases = [r.rephrase for r in batch]
-        targets = [r.target_new for r in batch]
-        probe_names = list(batch[0].locality)
-        B, n_probes = len(batch), len(probe_names)
-        out = {}
-        loc_prompts = [r.locality[n].prompt for n in probe_names for r in batch]
-        loc_answers = [r.locality[n].answer for n in probe_names for r in batch]
-        pairs = editor.model.encode_pairs(prompts + rephrases + loc_prompts,
-                                          targets + targets + loc_answers).to(editor.model.device)
+        cfg, model, group = self.config, self.editor.model, self.group
+        local = group.shard(len(batch))  # [b] positions in the batch
+        idx = self._indices(batch)[local]
+        B, n_probes = len(idx), len(self.rows.probes)
+        pairs = self.rows.batch(idx)
         positions = prediction_positions(pairs.target_mask)  # [R, L]
         rows = positions.nonzero()[:, 0]  # [N] row of each prediction position
         labels = pairs.input_ids[:, 1:][pairs.target_mask[:, 1:]]  # [N]
-        all_prompts = prompt_tokens.repeat(2 + n_probes, 1, 1)  # row j uses record j % B
-        fired = torch.ones(len(all_prompts), dtype=torch.bool, device=editor.model.device)
-        logits = editor.model.forward_bucketed(pairs.input_ids, pairs.attention_mask, all_prompts, fired,
-                                               positions, rows_per_chunk=cfg.rows_per_chunk)
+        all_prompts = prompt_tokens[local.to(prompt_tokens.device)].repeat(2 + n_probes, 1, 1)  # row j: record j % B
+        fired = torch.ones(len(all_prompts), dtype=torch.bool, device=model.device)
         rel, gen, loc = rows < B, (rows >= B) & (rows < 2 * B), rows >= 2 * B  # [N] masks
-        out["edit_rel"] = losses.hinge_token_nll(logits[rel], labels[rel], cfg.edit_hinge)
-        out["edit_gen"] = losses.hinge_token_nll(logits[gen], labels[gen], cfg.edit_hinge)
-        pre = self._unedited_logits(pairs, positions, range(2 * B, (2 + n_probes) * B),
-                                    list(zip(loc_prompts, loc_answers)))
+        with self._autocast():
+            logits = model.forward_bucketed(pairs.input_ids, pairs.attention_mask, all_prompts, fired,
+                                            positions, rows_per_chunk=cfg.rows_per_chunk)
+            pre = self._unedited_logits(idx, pairs, positions, range(2 * B, (2 + n_probes) * B))
         post = logits[loc]
         probe_of = (rows[loc] - 2 * B) // B  # which probe each locality position belongs to
-        out["locality"] = sum(losses.locality_kl(pre[probe_of == k], post[probe_of == k]) for k in range(n_probes))
+        if group.world_size == 1:  # the token means of the objective, as the paper writes them
+            return {"edit_rel": losses.hinge_token_nll(logits[rel], labels[rel], cfg.edit_hinge),
+                    "edit_gen": losses.hinge_token_nll(logits[gen], labels[gen], cfg.edit_hinge),
+                    "locality": sum(losses.locality_kl(pre[probe_of == k], post[probe_of == k])
+                                    for k in range(n_probes))}
+        out = {"edit_rel": self._global_mean(*losses.hinge_token_nll_sum(logits[rel], labels[rel], cfg.edit_hinge)),
+               "edit_gen": self._global_mean(*losses.hinge_token_nll_sum(logits[gen], labels[gen], cfg.edit_hinge))}
+        out["locality"] = sum(self._global_mean(*losses.locality_kl_sum(pre[probe_of == k], post[probe_of == k]))
+                              for k in range(n_probes))
         return out
 
-    @torch.no_grad()
-    def _unedited_logits(self, pairs, positions: torch.Tensor, row_ids: Sequence[int],
-                         keys: Sequence[tuple[str, str]]) -> torch.Tensor:
-        """Unedited logits at the prediction positions of ``row_ids`` (in row order).
+    def _global_mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """This process's share of a mean over every process's items: ``total`` / the global
+        count, times the world size (gradients are then averaged over processes)."""
+        everywhere = self.group.sum(count.float())
+        return total / everywhere.clamp_min(1) * self.group.world_size
 
-        The LM is frozen, so each locality row's final hidden states are computed once, one row
-        at a time (the result then does not depend on the batch it first came in), and cached.
-        """
+    @torch.no_grad()
+    def _unedited_logits(self, idx: torch.Tensor, pairs, positions: torch.Tensor,
+                         row_ids: Sequence[int]) -> torch.Tensor:
+        """Unedited logits at the locality prediction positions of records ``idx`` (rows
+        ``row_ids`` of ``pairs``), probe by probe: projected from the states computed once
+        (``reference``), or a batched forward for LMs without a plain output projection."""
         model = self.editor.model
-        if not model._plain_head:  # no cache: a batched forward each step
+        if self.reference is None:
             rows = list(row_ids)
             return model(pairs.input_ids[rows], pairs.attention_mask[rows], positions=positions[rows])
-        hidden = []
-        for row, key in zip(row_ids, keys):
-            if key not in self._locality_hidden:
-                n = int(pairs.attention_mask[row].sum())
-                self._locality_hidden[key] = model.final_hidden(
-                    pairs.input_ids[row: row + 1, :n], pairs.attention_mask[row: row + 1, :n],
-                    positions[row: row + 1, :n])
-            hidden.append(self._locality_hidden[key])
-        return model.project(torch.cat(hidden))
+        return model.project(self.reference.gather(idx))
 
     def _weights(self) -> dict[str, float]:
         c = self.config
@@ -321,26 +368,46 @@ class Trainer:
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
         return 1.0
 
+    def _clock(self) -> float:
+        if self.synchronize_timings and self.editor.model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
     def train_step(self) -> dict[str, float]:
         factor = self._lr_factor(self.step)
         base = (self.config.lr_encoder, self.config.lr_prompt)
         for group, lr in zip(self.optimizer.param_groups, base):
             group["lr"] = lr * factor
-        terms = self.compute_losses(self._next_batch())
+        t0 = self._clock()
+        batch = self._next_batch()
+        _ = self.reference  # computed once, at the first step (counted as that step's data)
+        t1 = self._clock()
+        terms = self.compute_losses(batch)
         weights = self._weights()
         total = sum(weights[k] * v for k, v in terms.items())
+        t2 = self._clock()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        t3 = self._clock()
+        self.group.average_gradients(self._trained_parameters())
         if self.config.grad_clip:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._trained_parameters(), self.config.grad_clip)
         self.optimizer.step()
         for _ in range(self.config.retrieval_steps):
             self._retrieval_step()
+        t4 = self._clock()
         self.step += 1
-        row = {"step": self.step, "epoch": self.epoch, "loss": float(total.detach())}
-        row.update({k: float(v.detach()) for k, v in terms.items()})
+        names = list(terms)
+        values = torch.stack([terms[k].detach().float() for k in names] + [total.detach().float()])
+        values = (self.group.sum(values) / self.group.world_size).tolist()  # the step's global values
+        row = {"step": self.step, "epoch": self.epoch, "loss": values[-1]}
+        row.update(dict(zip(names, values)))
         row.update({"lr_encoder": base[0] * factor, "lr_prompt": base[1] * factor})
+        row.update({f"seconds_{phase}": round(b - a, 5) for phase, a, b in
+                    zip(STEP_PHASES, (t0, t1, t2, t3), (t1, t2, t3, t4))})
         return row
 
     def _retrieval_step(self) -> None:
@@ -357,9 +424,9 @@ class Trainer:
         weights = self._weights()
         self.optimizer.zero_grad(set_to_none=True)
         sum(weights[k] * v for k, v in terms.items()).backward()
+        self.group.average_gradients(self._trained_parameters())  # equal already; kept equal on GPUs too
         if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                           self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._trained_parameters(), self.config.grad_clip)
         self.optimizer.step()
 
     # ---- validation and checkpoints ----------------------------------------------------------------
@@ -374,7 +441,8 @@ class Trainer:
 
     def save_checkpoint(self, folder: Path) -> None:
         meta = {"config": asdict(self.config), "data": self.data, "step": self.step, "epoch": self.epoch,
-                "position": self.position, "best_avg": self.best_avg if math.isfinite(self.best_avg) else None}
+                "position": self.position, "best_avg": self.best_avg if math.isfinite(self.best_avg) else None,
+                "world_size": self.group.world_size}
         save_training_checkpoint(folder, self.editor, self.optimizer, self._state_tensors(), meta)
 
     def resume_from(self, folder: Path) -> None:
@@ -402,24 +470,32 @@ class Trainer:
         self.permutation = tensors["permutation"]
         self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
         self.best_avg = meta["best_avg"] if meta["best_avg"] is not None else -math.inf
+        saved_world = meta.get("world_size", 1)
+        if saved_world != self.group.world_size:
+            warnings.warn(f"{folder}: saved by {saved_world} process(es), resumed by {self.group.world_size}: the "
+                          "same steps, but sums are taken in another order, so not bit for bit", stacklevel=2)
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
         """Run to ``config.steps`` (or ``stop_after`` more steps); returns a summary."""
         from tqdm.auto import tqdm
 
-        cfg = self.config
-        recover_folder(self.best_checkpoint)  # finish or undo a save interrupted by a crash
-        if resume and recover_folder(self.last_checkpoint).exists():
+        cfg, main = self.config, self.group.is_main
+        if main:
+            recover_folder(self.best_checkpoint)  # finish or undo a save interrupted by a crash
+            recover_folder(self.last_checkpoint)
+        self.group.barrier()
+        if resume and self.last_checkpoint.exists():
             self.resume_from(self.last_checkpoint)
-        elif resume and self.log_path.exists() and self.log_path.stat().st_size > 200:
+        elif resume and main and self.log_path.exists() and self.log_path.stat().st_size > 200:
             warnings.warn(f"resume: no checkpoint at {self.last_checkpoint}; training {self.name} from step 0 "
                           f"and starting {self.log_path.name} anew", stacklevel=2)
-        log = _CsvLog(self.log_path,
-                      ["step", "epoch", "loss", *LOSS_TERMS, "lr_encoder", "lr_prompt", "seconds"], self.step)
-        valid_log = _CsvLog(self.valid_log_path, ["step", "metric", "value"], self.step)
+        columns = ["step", "epoch", "loss", *LOSS_TERMS, "lr_encoder", "lr_prompt", "seconds",
+                   *(f"seconds_{phase}" for phase in STEP_PHASES)]
+        log = _CsvLog(self.log_path, columns, self.step) if main else None
+        valid_log = _CsvLog(self.valid_log_path, ["step", "metric", "value"], self.step) if main else None
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", disable=not cfg.progress,
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", disable=not (cfg.progress and main),
                    unit="step")
         started, start_step, rows = time.perf_counter(), self.step, []
         while self.step < end:
@@ -432,22 +508,26 @@ class Trainer:
                             samples_s=f"{cfg.batch_size * (self.step - start_step) / (time.perf_counter() - started):.1f}")
             at_eval = cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps)
             at_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == end
-            if at_eval or at_ckpt or self.step % cfg.log_every == 0:
+            if main and (at_eval or at_ckpt or self.step % cfg.log_every == 0):
                 log.append(rows)
                 rows = []
-            if at_eval:
+            if at_eval and main:
                 result = self.validate()
                 valid_log.append([{"step": self.step, "metric": k, "value": round(v, 6)} for k, v in result.items()])
                 if result["avg"] > self.best_avg:
                     self.best_avg = result["avg"]
                     self.save_checkpoint(self.best_checkpoint)
-            if at_ckpt:
+            if at_ckpt and main:
                 self.save_checkpoint(self.last_checkpoint)
-        log.append(rows)
+            if at_eval or at_ckpt:
+                self.group.barrier()  # the others wait for validation and checkpoints
+        if main:
+            log.append(rows)
         bar.close()
         elapsed = time.perf_counter() - started
         done = self.step - start_step
-        return {"steps": self.step, "seconds": round(elapsed, 2),
+        return {"steps": self.step, "precision": cfg.precision, "processes": self.group.world_size,
+                "seconds": round(elapsed, 2),
                 "samples_per_second": round(cfg.batch_size * done / elapsed, 3) if done else None,
                 "best_avg": self.best_avg if math.isfinite(self.best_avg) else None}
 
