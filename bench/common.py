@@ -36,6 +36,18 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def timing_into(fn: Callable[..., Any], seconds: dict[str, float], stage: str) -> Callable[..., Any]:
+    """``fn`` that adds its wall time to ``seconds[stage]`` on every call (stage splits)."""
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
+
+    return timed
+
+
 def latencies(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> dict[str, float]:
     """p50 / p99 / mean seconds of ``fn`` over ``repeat`` calls after ``warmup`` calls."""
     for _ in range(warmup):

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import torch
 
-from common import save
+from common import save, timing_into
 
 import medrek.editor as editor_module
 import medrek.evaluate.protocols as protocols_module
@@ -69,15 +69,7 @@ class StageTimer:
 
     def _wrap(self, owner: Any, name: str, stage: str):
         original = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds[stage] += time.perf_counter() - start
-
-        setattr(owner, name, timed)
+        setattr(owner, name, timing_into(original, self.seconds, stage))
         return owner, name, original
 
     def _hooks(self, module: torch.nn.Module, stage: str) -> list:

@@ -63,6 +63,58 @@ def memory_table(data: dict) -> list[str]:
     return lines
 
 
+def _machine(data: dict) -> str:
+    m = data.get("machine", {})
+    return f"{m.get('cores', '?')}-core {m.get('cpu', 'CPU')}, torch {m.get('torch', '?')}"
+
+
+def _share(shares: dict | None, phase: str) -> str:
+    value = (shares or {}).get(phase)
+    return "-" if value is None else f"{value:.1%}"
+
+
+def training_tables(cpu_rows: list[dict | None], gpu: dict | None) -> list[str]:
+    """CPU and GPU training throughput side by side, each with the machine that measured it."""
+    out = []
+    if any(cpu_rows):
+        out += ["| training config | machine | samples/s (bucketed) | samples/s (one padded forward) | speed-up | s/step "
+                "| data / forward / backward / optimizer share | peak RSS MiB |",
+                "|---|---|---:|---:|---:|---:|---|---:|"]
+        for r in cpu_rows:
+            if r:
+                shares = r.get("step_share_bucketed")
+                split = " / ".join(_share(shares, p) for p in ("data", "forward", "backward", "optimizer"))
+                out.append(f"| {r['config']} | {_machine(r)} | {r['samples_per_second_bucketed']} "
+                           f"| {r['samples_per_second_one_padded_forward']} | {r['speedup_ratio']} "
+                           f"| {r['seconds_per_step_bucketed']} | {split} | {r['peak_rss_mib']} |")
+        out.append("")
+        for r in cpu_rows:
+            cmp = (r or {}).get("compare")
+            if cmp:
+                before, after = cmp["before"], cmp["after"]
+                out.append(f"Before / after the pre-tokenised step ({r['config']}, revision {cmp['ref']} vs this tree, "
+                           f"alternating fresh processes, best of {cmp['repeat']}): {before['samples_per_second']} -> "
+                           f"{after['samples_per_second']} samples/s (**{cmp['after_over_before']}x**); inside the timed "
+                           f"steps, tokenisation {_share(before['phases'], 'in_step_tokenise')} -> "
+                           f"{_share(after['phases'], 'in_step_tokenise')} and unedited locality forwards "
+                           f"{_share(before['phases'], 'in_step_locality_reference')} -> "
+                           f"{_share(after['phases'], 'in_step_locality_reference')} of the step.")
+                out.append("")
+    if gpu:
+        out += [f"GPU training (train_gpu.json; {gpu['device']}, config {gpu['config']}, {_machine(gpu)}):", "",
+                "| batch | precision | samples/s | s/step | peak GPU MiB | GPU util % | data / forward / backward / optimizer |",
+                "|---:|---|---:|---:|---:|---:|---|"]
+        for r in gpu["rows"]:
+            split = " / ".join(_share(r["step_share"], p) for p in ("data", "forward", "backward", "optimizer"))
+            out.append(f"| {r['batch_size']} | {r['precision']} | {r['samples_per_second']} | {r['seconds_per_step']} "
+                       f"| {r['peak_memory_mib']} | {r['gpu_utilisation_percent']} | {split} |")
+        out.append("")
+    else:
+        out += ["GPU training: not measured yet (`bench/train_gpu.py` needs a CUDA device; none was lent to the "
+                "session that wrote it).", ""]
+    return out
+
+
 def long_targets_table(data: dict | None) -> list[str]:
     """Scoring speed by target length (bench/long_targets.py)."""
     if not data:
@@ -132,15 +184,7 @@ def render() -> str:
                    f"and {100 * inf['prompt_positions_share_score']:.1f}%" if "prompt_positions_share_score" in inf
                    else "")
                 + ".", ""]
-    rows = [load("train_throughput_smoke"), load("train_throughput_small")]
-    if any(rows):
-        out += ["| training config | samples/s (bucketed) | samples/s (one padded forward) | speed-up | s/step | peak RSS MiB |",
-                "|---|---:|---:|---:|---:|---:|"]
-        for r in rows:
-            if r:
-                out.append(f"| {r['config']} | {r['samples_per_second_bucketed']} | {r['samples_per_second_one_padded_forward']} "
-                           f"| {r['speedup_ratio']} | {r['seconds_per_step_bucketed']} | {r['peak_rss_mib']} |")
-        out.append("")
+    out += training_tables([load("train_throughput_smoke"), load("train_throughput_small")], load("train_gpu"))
     out += long_targets_table(load("long_targets"))
     e2e = load("end_to_end")
     if e2e:
