@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from transformers import BertConfig, BertModel
@@ -104,3 +106,17 @@ def test_bad_prompt_config_is_refused():
         PromptEncoderConfig("transformer", 16, 24)
     with pytest.raises(ValueError, match="not divisible"):
         PromptEncoderConfig("attention", 16, 25, n_heads=4)
+
+
+def test_texts_longer_than_max_length_are_counted_and_warned_about(tiny_encoder):
+    from medrek.models.encoder import EncoderTruncationWarning
+
+    backbone, tok = tiny_encoder
+    encoder = KnowledgeEncoder(backbone, tok, KnowledgeEncoderConfig("tiny-bert", 8, 2, max_length=16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EncoderTruncationWarning)
+        encoder.features(["short", "x" * 14])  # fits: no warning
+    assert encoder.truncated_texts == 0
+    with pytest.warns(EncoderTruncationWarning, match="max_length=16"):
+        encoder.features(["a long explanation " * 3, "short", "another long one, " * 4])
+    assert encoder.truncated_texts == 2

@@ -13,6 +13,7 @@ body and the knowledge head; every query is also compared with it at retrieval t
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import NamedTuple, Sequence
@@ -22,7 +23,11 @@ from torch import nn
 
 from .pooling import masked_max, masked_mean, masked_min
 
-__all__ = ["KnowledgeEncoderConfig", "TokenStates", "ResidualHead", "KnowledgeEncoder"]
+__all__ = ["KnowledgeEncoderConfig", "TokenStates", "ResidualHead", "KnowledgeEncoder", "EncoderTruncationWarning"]
+
+
+class EncoderTruncationWarning(UserWarning):
+    """Texts longer than the encoder's ``max_length`` tokens were cut before encoding."""
 
 
 @dataclass
@@ -84,14 +89,32 @@ class KnowledgeEncoder(nn.Module):
         self.prototype_tokens = nn.Parameter((torch.rand(1, config.n_prototype_tokens, h) - 0.5) * 0.1)
         self.backbone.requires_grad_(config.train_backbone)
         self._feature_cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recently used first
+        self.truncated_texts = 0  # texts encoded so far that were longer than max_length tokens
         self.cache_capacity = max(0, cache_bytes // (4 * h * 4))  # texts; features are [4h] float32
 
     @property
     def device(self) -> torch.device:
         return self.prototype_tokens.device
 
+    def _count_truncated(self, texts: Sequence[str]) -> None:
+        """Count (and warn about) texts the backbone will only read the start of. A token spans
+        at least one character, so only texts longer than ``max_length`` characters are checked."""
+        limit = self.config.max_length
+        long = [t for t in texts if len(t) > limit]
+        if not long:
+            return
+        cut = sum(len(ids) > limit for ids in self.tokenizer(long)["input_ids"])
+        if cut:
+            self.truncated_texts += cut
+            warnings.warn(f"the {self.config.encoder} encoder reads at most max_length={limit} tokens: longer texts "
+                          "(e.g. edit texts with MedFE's long targets) are cut, and their queries, keys and values "
+                          "see only their start (running count: KnowledgeEncoder.truncated_texts)",
+                          EncoderTruncationWarning, stacklevel=3)
+
     def encode_tokens(self, texts: Sequence[str]) -> TokenStates:
-        """Run the backbone: token states [B, L, h], mask [B, L] and pooled [B, h]."""
+        """Run the backbone: token states [B, L, h], mask [B, L] and pooled [B, h]. Texts longer
+        than ``max_length`` tokens are cut, counted in ``truncated_texts`` and warned about."""
+        self._count_truncated(texts)
         batch = self.tokenizer(list(texts), padding=True, truncation=True,
                                max_length=self.config.max_length, return_tensors="pt").to(self.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_backbone):
