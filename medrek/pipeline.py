@@ -66,11 +66,15 @@ def validate_params(params: Params, notebooks: dict[str, Path]) -> None:
                      f"{params.path}: notebooks.{name}")
 
 
-def check_parameters(notebook: str, values: Mapping[str, Any], notebooks_dir: str | os.PathLike[str] = NOTEBOOKS_DIR) -> None:
+def check_parameters(notebook: str, values: Mapping[str, Any],
+                     notebooks_dir: str | os.PathLike[str] = NOTEBOOKS_DIR) -> dict[str, Any]:
     """Check a running notebook's parameters (``globals()``) against its own parameters cell,
-    for runs that bypass the pipeline (``papermill -p``, JupyterLab)."""
+    for runs that bypass the pipeline (``papermill -p``, JupyterLab); returns them (only the
+    declared names, so other variables of the kernel never pass for parameters)."""
     declared = notebook_parameters(Path(notebooks_dir) / f"{notebook}.ipynb")
-    _check_types({k: values[k] for k in declared if k in values}, declared, f"notebook {notebook}")
+    params = {k: values[k] for k in declared if k in values}
+    _check_types(params, declared, f"notebook {notebook}")
+    return params
 
 
 def run_pipeline(

@@ -126,9 +126,10 @@ def method_configs(base: TrainConfig, methods: Sequence[str],
 
 
 def configs_from_parameters(values: Mapping[str, Any]) -> dict[str, TrainConfig]:
-    """Notebook 02's parameters (its ``globals()``, or the same names from a params file) -> one
-    config per method: every parameter named like a :class:`TrainConfig` field sets it, then
-    ``method_settings`` per method (what notebook 02 and ``medrek.train.distributed`` both call)."""
+    """Notebook 02's parameter values (what ``check_parameters`` returns, or the same names from a
+    params file) -> one config per method: every parameter named like a :class:`TrainConfig`
+    field sets it, then ``method_settings`` per method (what notebook 02 and
+    ``medrek.train.distributed`` both call)."""
     names = {f.name for f in fields(TrainConfig)} - {"method", "progress", "log_every"}
     base = TrainConfig(**{k: values[k] for k in names if k in values})
     return method_configs(base, list(values["methods"]), values.get("method_settings"))
