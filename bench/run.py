@@ -1,4 +1,4 @@
-"""Run every benchmark, then render the README table. About 10-15 minutes on 2 cores.
+"""Run every benchmark, then render the README table. About 20 minutes on 2 cores (long_targets.py about half).
 
     python bench/run.py [--full] [--only memory_scale edit_insertion ...]
 
