@@ -57,6 +57,17 @@ def latencies(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> dict[str, 
     return {"p50_s": statistics.median(times), "p99_s": p99, "mean_s": statistics.fmean(times), "repeat": repeat}
 
 
+def editor_or_untrained(checkpoint: str, **config: Any):
+    """The trained editor at ``checkpoint``, else an untrained one of ``config`` (the same cost
+    for a speed benchmark), saying which."""
+    from medrek import Editor, EditorConfig
+
+    if Path(checkpoint, "editor.json").exists():
+        return Editor.load(checkpoint)
+    print(f"no checkpoint at {checkpoint}: an untrained {config.get('method', 'medrek')} editor (same cost)")
+    return Editor.build(EditorConfig(**config))
+
+
 def save(name: str, result: dict[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` (with the machine facts) atomically."""
     path = write_json(RESULTS / f"{name}.json", {"benchmark": name, "machine": machine(), **result})

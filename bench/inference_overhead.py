@@ -15,13 +15,12 @@ time; the rest of the overhead is the LM reading the T prompt positions of every
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
-from common import save, timed
+from common import editor_or_untrained, save, timed
 
-from medrek import Editor, EditorConfig, load_split
+from medrek import load_split
 
 
 def main() -> None:
@@ -35,11 +34,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
-    if Path(args.checkpoint, "editor.json").exists():
-        editor = Editor.load(args.checkpoint)
-    else:
-        print(f"no checkpoint at {args.checkpoint}: untrained heads (cost is the same)")
-        editor = Editor.build(EditorConfig(method="medrek", lm="smollm2-135m", encoder="minilm-l6", key_dim=512))
+    editor = editor_or_untrained(args.checkpoint, method="medrek", lm="smollm2-135m", encoder="minilm-l6", key_dim=512)
     records = load_split("medversa", "test", args.data_dir, limit=max(args.n_queries, args.n_score))
     editor.edit(records, batch_size=128)
     cfg = editor.memory.config

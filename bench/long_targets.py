@@ -28,11 +28,11 @@ from typing import Any, Iterator
 
 import torch
 
-from common import save, timing_into
+from common import editor_or_untrained, save, timing_into
 
 import medrek.editor as editor_module
 import medrek.evaluate.protocols as protocols_module
-from medrek import Editor, EditorConfig
+from medrek import Editor
 from medrek.baselines.base import RetrievalMethod, UneditedMethod
 from medrek.baselines.ike import InContextMethod
 from medrek.data.loaders import records_from_json
@@ -129,11 +129,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="checkpoints/small/medrek-lm-embedding")
     args = parser.parse_args()
     torch.manual_seed(0)
-    if Path(args.checkpoint, "editor.json").exists():
-        editor = Editor.load(args.checkpoint)
-    else:
-        print(f"no checkpoint at {args.checkpoint}: an untrained medrek-lm-embedding editor (same cost)")
-        editor = Editor.build(EditorConfig(method="medrek-lm-embedding", key_dim=512))
+    editor = editor_or_untrained(args.checkpoint, method="medrek-lm-embedding", key_dim=512, n_tokens=30)
     tok = editor.model.tokenizer
     methods = {"unedited": (UneditedMethod(editor.model), None), editor.config.method: (RetrievalMethod(editor), editor),
                "ike": (InContextMethod(editor), editor)}
