@@ -28,10 +28,11 @@ from .data.records import EditRecord
 from .evaluate.metrics import per_row_scores, prediction_positions, token_scores
 from .config import check_fields, check_keys
 from .io import CheckpointError, atomic_path, file_sha256, read_checkpoint_meta, read_tensors, write_json
-from .memory import EditMemory, Explanation, Lookup, MemoryConfig, Retrieval
+from .memory import SCORES, EditMemory, Explanation, Lookup, MemoryConfig, Retrieval
 from .methods import edit_text, get_preset
 from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig, TokenStates
 from .models.prompt import PromptEncoder, PromptEncoderConfig
+from .models.verifier import QuestionVerifier, VerifierConfig
 from .models.registry import load_causal_lm, load_encoder
 
 __all__ = ["EditorConfig", "EditedModel", "Editor", "PairBatch", "RowPrompts", "ScoreResult", "auto_edit_id",
@@ -311,11 +312,21 @@ class EditorConfig:
     chat_template: str = "auto"  # auto: questions go through the LM tokenizer's chat template, if any; none: plain text
     n_prefix_tokens: int = 4  # learned frame before the edit text (lm_embedding prompt encoders)
     n_suffix_tokens: int = 2  # learned frame after it
+    score: str = "dot"  # retrieval score: dot (q.k / sqrt(d), the paper) | cosine
+    exact_match: bool = False  # a question equal to a stored prompt (case, spacing folded) always fires it
+    prototype_gate: bool = True  # the top-1 must beat the prototype's score (the paper's gate)
+    verify_k: int = 0  # > 0: a QuestionVerifier reads the top verify_k edits (train.retriever trains it)
+    min_verified: float = 0.5  # the verifier's probability an edit needs to fire
+    verifier_layers: int = 2  # top encoder layers of the verifier that are trained and saved
 
     def __post_init__(self) -> None:
         check_fields(self, EditorConfig, "EditorConfig")  # types and ranges, by field name
         get_preset(self.method)
         check_chat_template(self.chat_template)
+        if self.score not in SCORES:
+            raise ValueError(f"EditorConfig.score must be one of {SCORES}, got {self.score!r}")
+        if self.min_verified > 1:
+            raise ValueError(f"EditorConfig.min_verified is a probability, got {self.min_verified!r}")
 
 
 @dataclass
@@ -411,13 +422,16 @@ class Editor(nn.Module):
     """Retrieval-based editor: ``edit``, ``remove``, ``score``, ``generate``, ``explain``."""
 
     def __init__(self, config: EditorConfig, model: EditedModel, encoder: KnowledgeEncoder,
-                 prompt_encoder: PromptEncoder) -> None:
+                 prompt_encoder: PromptEncoder, verifier: QuestionVerifier | None = None) -> None:
         super().__init__()
         self.config = config
         self.preset = get_preset(config.method)
         self.model = model
         self.encoder = encoder
         self.prompt_encoder = prompt_encoder
+        if config.verify_k > 0 and verifier is None:
+            raise ValueError("EditorConfig.verify_k > 0 needs a QuestionVerifier")
+        self.verifier = verifier
         self.memory = self.new_memory()
 
     # ---- construction ---------------------------------------------------------------------
@@ -441,14 +455,23 @@ class Editor(nn.Module):
         if prompt_encoder.needs_lm_tokens:  # the learned frame starts as IKE's text frame
             prompt_encoder.initialise_frame(model.embed_texts(["New fact:"], prompt_cfg.n_prefix).states[0],
                                             model.embed_texts([".\n"], prompt_cfg.n_suffix).states[0])
-        return cls(config, model, encoder, prompt_encoder)
+        verifier = None
+        if config.verify_k > 0:  # a copy of the released sentence encoder, its top layers to be trained
+            verifier = QuestionVerifier(backbone, enc_tok, VerifierConfig(config.verifier_layers, config.max_length,
+                                                                          config.verify_k)).to(device)
+        return cls(config, model, encoder, prompt_encoder, verifier)
 
     def new_memory(self) -> EditMemory:
         """An empty memory keyed to the current prototype."""
-        cfg = MemoryConfig(self.config.key_dim, self.config.n_tokens, self.model.hidden_size,
-                           self.config.index, self.config.min_similarity, self.config.min_margin)
+        c = self.config
+        cfg = MemoryConfig(c.key_dim, c.n_tokens, self.model.hidden_size, c.index, c.min_similarity, c.min_margin,
+                           score=c.score, exact_match=c.exact_match, prototype_gate=c.prototype_gate,
+                           verify_k=c.verify_k, min_verified=c.min_verified)
         with torch.no_grad():
-            return EditMemory(cfg, self.encoder.prototype_key())
+            return EditMemory(cfg, self.encoder.prototype_key(), self._verify())
+
+    def _verify(self):
+        return self.verifier.probabilities if self.verifier is not None else None
 
     # ---- edits ------------------------------------------------------------------------------
     def encode_edits(self, prompts: Sequence[str], targets: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -507,12 +530,14 @@ class Editor(nn.Module):
     # ---- retrieval ----------------------------------------------------------------------------
     @torch.no_grad()
     def retrieve(self, texts: Sequence[str]) -> Retrieval:
-        return self.memory.retrieve(self.encoder.query(list(texts)))
+        texts = list(texts)
+        return self.memory.retrieve(self.encoder.query(texts), texts)
 
     @torch.no_grad()
     def explain(self, text: str) -> Explanation:
-        """What is retrieved for ``text``, its score, the prototype score and the runner-up."""
-        return self.memory.explain(self.encoder.query([text])[0])
+        """What is retrieved for ``text``, its score, the prototype score, the runner-up and, in
+        words (``explanation.reason``), which condition decided."""
+        return self.memory.explain(self.encoder.query([text])[0], text)
 
     @torch.no_grad()
     def lookup(self, texts: Sequence[str]) -> Lookup | None:
@@ -520,7 +545,8 @@ class Editor(nn.Module):
         one state of the memory (safe while other threads edit); None when nothing is stored."""
         if len(self.memory) == 0:
             return None
-        return self.memory.lookup(self.encoder.query(list(texts)))
+        texts = list(texts)
+        return self.memory.lookup(self.encoder.query(texts), texts)
 
     # ---- scoring and generation --------------------------------------------------------------
     @torch.no_grad()
@@ -568,6 +594,8 @@ class Editor(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"encoder.{k}": v for k, v in self.encoder.trainable_state_dict().items()}
         state.update({f"prompt_encoder.{k}": v for k, v in self.prompt_encoder.state_dict().items()})
+        if self.verifier is not None:  # stored in float16 (train.retriever rounds it so before use)
+            state.update({f"verifier.{k}": v.half() for k, v in self.verifier.trainable_state_dict().items()})
         return state
 
     def fingerprint(self) -> str:
@@ -611,6 +639,9 @@ class Editor(nn.Module):
         self.encoder.load_state_dict(enc, strict=False)
         self.prompt_encoder.load_state_dict({k[len("prompt_encoder."):]: v for k, v in tensors.items()
                                              if k.startswith("prompt_encoder.")})
+        if self.verifier is not None:
+            self.verifier.load_state_dict({k[len("verifier."):]: v.float() for k, v in tensors.items()
+                                           if k.startswith("verifier.")}, strict=False)
         if self.config.train_backbone:  # cached features came from the old backbone
             self.encoder.clear_cache()
         self.memory = self.new_memory()
@@ -656,4 +687,5 @@ class Editor(nn.Module):
         if memory.owner != own_fingerprint:
             raise CheckpointError(f"{source}: memory was made by another editor (fingerprint {str(memory.owner)[:12]} "
                                   f"vs this editor's {own_fingerprint[:12]}); its keys and prompts do not fit")
+        memory.verify = self._verify()
         return memory

@@ -1,9 +1,23 @@
 """EditMemory: stored edits, a FAISS inner-product index and the prototype-gated top-1 rule.
 
 Each edit is stored as an id, its request, a key [d] and its prompt tokens [T, H] (computed once
-at insertion). For a query q the score of a key is ``q . key / sqrt(d)``; the top-1 edit is used
-only if its score beats the prototype's score ``q . p / sqrt(d)`` and, when set, a minimum
-similarity. Otherwise nothing is retrieved and the LM runs exactly as unedited.
+at insertion). For a query q the score of a key is ``q . key / sqrt(d)`` (``score="dot"``, the
+paper's) or the cosine ``q . key / (|q| |key|)`` (``score="cosine"``: a key's norm cannot let it
+outrank a question's own key, and one threshold means the same for every key). The top-1 edit
+is used only if its score beats the prototype's score (computed the same way) and, when set, a
+minimum similarity and a minimum margin over the prototype. Otherwise nothing is retrieved and
+the LM runs exactly as unedited.
+
+With ``verify_k`` > 0 and a ``verify`` function (the editor's
+:class:`~medrek.models.verifier.QuestionVerifier`), the top ``verify_k`` edits by score get a
+second look: the verifier reads the question with each stored prompt, the candidate it finds
+most likely to ask the same thing is taken, and it fires only if that probability reaches
+``min_verified`` (and the score gates above pass; ``prototype_gate=False`` drops the prototype
+comparison, for retrievers whose keys no longer live in the prototype's space).
+
+With ``exact_match``, a question identical to a stored edit's prompt once case and spacing are
+folded always retrieves that edit (the newest, if several edits share the prompt), whatever the
+scores: asking the edited question verbatim must never depend on the retriever.
 
 An :class:`EditMemory` is safe to share between threads: every mutation and every lookup runs
 under one lock, so a reader sees the memory before or after a writer's ``add`` / ``remove``,
@@ -19,9 +33,10 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import json
+import re
 
 import faiss
 import numpy as np
@@ -31,9 +46,10 @@ from safetensors.torch import save_file
 from .io import CheckpointError, atomic_folder, file_sha256, read_checkpoint_meta, read_tensors, recover_folder, write_text
 
 __all__ = ["MemoryConfig", "Retrieval", "Lookup", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS",
-           "build_index", "search"]
+           "SCORES", "build_index", "search", "fold_question"]
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
+SCORES = ("dot", "cosine")
 FORMAT = "medrek.EditMemory/2"  # a folder: memory.json (config, ids, requests, checksum) + memory.safetensors
 
 
@@ -51,10 +67,35 @@ class MemoryConfig:
     ivf_nprobe: int = 16
     ivf_train_iterations: int = 10  # k-means iterations when (re)training the IVF lists
     ivf_train_per_list: int = 64  # training sample: at most this many keys per list
+    score: str = "dot"  # dot: q.k / sqrt(d) (the paper) | cosine: q.k / (|q| |k|)
+    exact_match: bool = False  # a question equal to a stored prompt (case, spacing folded) fires that edit
+    prototype_gate: bool = True  # fire only if the top-1 beats the prototype's score
+    verify_k: int = 0  # 0: no second look; else the verifier reads the top verify_k candidates
+    min_verified: float = 0.5  # the verifier's probability a candidate needs to fire
 
     def __post_init__(self) -> None:
         if self.index not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {self.index!r}; choose one of {INDEX_KINDS}")
+        if self.score not in SCORES:
+            raise ValueError(f"unknown score {self.score!r}; choose one of {SCORES}")
+        if not isinstance(self.verify_k, int) or self.verify_k < 0:
+            raise ValueError(f"verify_k must be an integer >= 0, got {self.verify_k!r}")
+        if not 0.0 <= float(self.min_verified) <= 1.0:
+            raise ValueError(f"min_verified must be a probability in [0, 1], got {self.min_verified!r}")
+
+
+Verify = Callable[[Sequence[str], Sequence[str]], torch.Tensor]  # (questions, stored prompts) -> P(same) [B]
+
+
+def fold_question(text: str) -> str:
+    """The form in which two questions count as identical for ``exact_match``: case-folded,
+    whitespace collapsed and trimmed."""
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` [N, d] scaled to unit L2 norm (zero rows stay zero)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def build_index(config: MemoryConfig, keys: np.ndarray) -> faiss.Index:
@@ -125,6 +166,8 @@ class Retrieval:
     scores: torch.Tensor  # [B] top-1 score (-inf if memory empty)
     runner_up: torch.Tensor  # [B] second score (-inf if fewer than 2 edits)
     prototype_scores: torch.Tensor  # [B]
+    exact: torch.Tensor | None = None  # [B] bool, the question equals the top-1 edit's prompt (exact_match)
+    verified: torch.Tensor | None = None  # [B] the verifier's probability for the top-1 (NaN: not verified)
 
     @property
     def fired(self) -> torch.Tensor:
@@ -155,12 +198,16 @@ class Explanation:
     min_similarity: float | None
     request: dict[str, Any] | None
     min_margin: float | None = None
+    exact_match: bool = False  # fired because the question equals the edit's prompt (folded)
+    score_kind: str = "dot"  # how score, prototype_score and runner_up_score were computed
+    verified: float = math.nan  # the verifier's probability that the question asks the top-1's prompt
+    reason: str = ""  # in words: why it fired, or which condition stopped it
 
 
 class EditMemory:
     """Stored edits with a FAISS index; keys and prompts are kept as tensors too (for save/remove)."""
 
-    def __init__(self, config: MemoryConfig, prototype_key: torch.Tensor) -> None:
+    def __init__(self, config: MemoryConfig, prototype_key: torch.Tensor, verify: Verify | None = None) -> None:
         if prototype_key.shape != (config.key_dim,):
             raise CheckpointError(f"prototype key has shape {tuple(prototype_key.shape)}, expected ({config.key_dim},)")
         self.config = config
@@ -170,9 +217,11 @@ class EditMemory:
         self.keys = torch.zeros(0, config.key_dim)
         self.prompts = torch.zeros(0, config.n_tokens, config.lm_hidden)
         self._rows: dict[str, int] = {}
+        self._by_prompt: dict[str, int] = {}  # folded prompt -> newest row with it (exact_match)
         self._index = self._new_index()
         self._lock = threading.RLock()  # around every mutation and every lookup
         self.owner: str | None = None  # fingerprint of the editor whose encoders made the keys and prompts
+        self.verify = verify  # the second look of verify_k > 0 (not saved: it belongs to the editor)
 
     # ---- bookkeeping ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -189,9 +238,18 @@ class EditMemory:
     def _new_index(self) -> faiss.Index:
         return build_index(self.config, np.zeros((0, self.config.key_dim), dtype=np.float32))
 
+    def _index_rows(self, keys: torch.Tensor) -> np.ndarray:
+        """What the index holds for keys [N, d]: the keys, or unit keys for the cosine score."""
+        keys = unit_rows(keys) if self.config.score == "cosine" else keys
+        return np.ascontiguousarray(keys.numpy().astype(np.float32, copy=False))
+
     def _rebuild(self) -> None:
-        """Rebuild the index from ``self.keys`` (after removal; IVF also retrains here)."""
-        self._index = build_index(self.config, self.keys.numpy().astype(np.float32, copy=False))
+        """Rebuild the index and the folded-prompt table from ``self.keys`` and ``self.requests``
+        (after removal or loading; IVF also retrains here)."""
+        self._index = build_index(self.config, self._index_rows(self.keys))
+        self._by_prompt = {}
+        for row, request in enumerate(self.requests):
+            self._by_prompt[fold_question(str(request.get("prompt", "")))] = row  # the newest edit wins
 
     # ---- editing -------------------------------------------------------------------------
     def add(self, ids: Sequence[str], keys: torch.Tensor, prompts: torch.Tensor,
@@ -213,12 +271,15 @@ class EditMemory:
             self._rows.update((i, len(self.ids) + r) for r, i in enumerate(ids))
             self.ids += ids
             self.requests += [dict(r) for r in requests]
+            first = len(self.keys)
             self.keys = torch.cat([self.keys, keys])
             self.prompts = torch.cat([self.prompts, prompts])
+            for row, request in enumerate(requests, start=first):
+                self._by_prompt[fold_question(str(request.get("prompt", "")))] = row
             if self.config.index == "ivf":
                 self._rebuild()
             else:
-                self._index.add(np.ascontiguousarray(keys.numpy()))
+                self._index.add(self._index_rows(keys))
 
     def remove(self, ids: Sequence[str]) -> None:
         """Remove edits by id; the model then answers as before those edits."""
@@ -241,38 +302,85 @@ class EditMemory:
             self.remove(list(self.ids))
 
     # ---- retrieval -----------------------------------------------------------------------
-    def retrieve(self, queries: torch.Tensor) -> Retrieval:
-        """Prototype-gated top-1 retrieval for queries [B, d]."""
+    def retrieve(self, queries: torch.Tensor, texts: Sequence[str] | None = None) -> Retrieval:
+        """Prototype-gated top-1 retrieval for queries [B, d]; ``texts`` (the B questions) are
+        needed for ``exact_match`` and ignored without it."""
         with self._lock:
-            return self._retrieve(queries)
+            return self._retrieve(queries, texts)
 
-    def _retrieve(self, queries: torch.Tensor) -> Retrieval:
+    def _scale(self) -> float:
+        return 1.0 if self.config.score == "cosine" else 1.0 / math.sqrt(self.config.key_dim)
+
+    def _query_rows(self, queries: torch.Tensor) -> torch.Tensor:
         q = queries.detach().float().cpu()
-        scale = 1.0 / math.sqrt(self.config.key_dim)
-        proto = (q @ self.prototype_key) * scale  # [B]
+        return unit_rows(q) if self.config.score == "cosine" else q
+
+    def _exact_rows(self, texts: Sequence[str] | None, b: int) -> torch.Tensor:
+        """[B] row of the stored edit whose prompt each text equals (folded), else -1."""
+        if not self.config.exact_match or texts is None:
+            return torch.full((b,), -1, dtype=torch.long)
+        if len(texts) != b:
+            raise ValueError(f"{b} query vectors but {len(texts)} texts")
+        return torch.tensor([self._by_prompt.get(fold_question(t), -1) for t in texts], dtype=torch.long)
+
+    def _retrieve(self, queries: torch.Tensor, texts: Sequence[str] | None = None) -> Retrieval:
+        q = self._query_rows(queries)
+        scale = self._scale()
+        proto_key = self.prototype_key
+        if self.config.score == "cosine":
+            proto_key = unit_rows(proto_key[None])[0]
+        proto = (q @ proto_key) * scale  # [B]
         b = q.shape[0]
         if len(self) == 0:
             none = torch.full((b,), -1, dtype=torch.long)
             ninf = torch.full((b,), -math.inf)
-            return Retrieval(none, none.clone(), ninf, ninf.clone(), proto)
-        k = min(2, len(self))
+            return Retrieval(none, none.clone(), ninf, ninf.clone(), proto, torch.zeros(b, dtype=torch.bool),
+                             torch.full((b,), math.nan))
+        verifying = self.config.verify_k > 0
+        if verifying and (self.verify is None or texts is None):
+            raise ValueError("this memory verifies its top candidates (verify_k > 0): it needs the editor's verifier "
+                             "and the query texts (use Editor.retrieve / lookup, or pass texts and set memory.verify)")
+        k = min(max(2, self.config.verify_k), len(self))
         sims, rows = search(self._index, q.numpy(), k)  # [B, k]
         sims = torch.from_numpy(sims) * scale
         rows = torch.from_numpy(rows).long()
-        top, top_rows = sims[:, 0], rows[:, 0]
+        pick = torch.zeros(b, dtype=torch.long)
+        verified = torch.full((b,), math.nan)
+        if verifying:
+            kv = min(self.config.verify_k, len(self))
+            cand = rows[:, :kv]  # [B, kv]
+            probs = self.verify([t for t in texts for _ in range(kv)],
+                                [str(self.requests[int(j)].get("prompt", "")) if j >= 0 else "" for j in cand.flatten()])
+            probs = probs.reshape(b, kv).masked_fill(cand < 0, -1.0)
+            verified, pick = probs.max(1)
+        top = sims.gather(1, pick[:, None])[:, 0].clone()
+        top_rows = rows.gather(1, pick[:, None])[:, 0].clone()
         runner = sims[:, 1] if k > 1 else torch.full((b,), -math.inf)
-        fire = (top > proto) & (top_rows >= 0)
+        fire = top_rows >= 0
+        if self.config.prototype_gate:
+            fire &= top > proto
+        if verifying:
+            fire &= verified >= self.config.min_verified
         if self.config.min_similarity is not None:
             fire &= top >= self.config.min_similarity
         if self.config.min_margin is not None:
             fire &= top - proto >= self.config.min_margin
-        return Retrieval(torch.where(fire, top_rows, -1), top_rows, top, runner, proto)
+        exact_rows = self._exact_rows(texts, b)
+        exact = exact_rows >= 0
+        if bool(exact.any()):  # the asked question is a stored prompt: that edit, whatever the scores
+            keys = self.keys[exact_rows[exact]]
+            keys = unit_rows(keys) if self.config.score == "cosine" else keys
+            top[exact] = (q[exact] * keys).sum(-1) * scale
+            top_rows[exact] = exact_rows[exact]
+            fire |= exact
+        return Retrieval(torch.where(fire, top_rows, -1), top_rows, top, runner, proto, exact, verified)
 
-    def lookup(self, queries: torch.Tensor) -> Lookup:
-        """Retrieval for queries [B, d] with the retrieved prompt tokens and edit ids, all read
-        under the lock from one state of the memory (what :class:`~medrek.Editor` uses)."""
+    def lookup(self, queries: torch.Tensor, texts: Sequence[str] | None = None) -> Lookup:
+        """Retrieval for queries [B, d] (and their ``texts``, for ``exact_match``) with the
+        retrieved prompt tokens and edit ids, all read under the lock from one state of the
+        memory (what :class:`~medrek.Editor` uses)."""
         with self._lock:
-            r = self._retrieve(queries)
+            r = self._retrieve(queries, texts)
             prompts, fired = self.prompts_for(r)
             rows = r.rows.tolist()
             return Lookup(r, prompts, fired, [self.ids[k] if k >= 0 else None for k in rows],
@@ -287,22 +395,54 @@ class EditMemory:
             return torch.zeros(len(rows), self.config.n_tokens, self.config.lm_hidden), fired
         return self.prompts[rows] * fired[:, None, None], fired
 
-    def explain(self, query: torch.Tensor) -> Explanation:
-        """Explain retrieval for one query vector [d] (``Editor.explain`` takes text)."""
+    def explain(self, query: torch.Tensor, text: str | None = None) -> Explanation:
+        """Explain retrieval for one query vector [d] and its ``text`` (``Editor.explain`` takes
+        text): what fired, the scores, and in ``reason`` which condition decided."""
         with self._lock:
-            r = self._retrieve(query.reshape(1, -1))
+            r = self._retrieve(query.reshape(1, -1), None if text is None else [text])
             row, top = int(r.rows[0]), int(r.top_rows[0])
+            exact = bool(r.exact[0]) if r.exact is not None else False
+            score, proto = float(r.scores[0]), float(r.prototype_scores[0])
             return Explanation(
                 fired=row >= 0,
                 edit_id=self.ids[row] if row >= 0 else None,
                 top_edit_id=self.ids[top] if top >= 0 else None,
-                score=float(r.scores[0]),
-                prototype_score=float(r.prototype_scores[0]),
+                score=score,
+                prototype_score=proto,
                 runner_up_score=float(r.runner_up[0]),
                 min_similarity=self.config.min_similarity,
                 request=self.requests[row] if row >= 0 else None,
                 min_margin=self.config.min_margin,
+                exact_match=exact,
+                score_kind=self.config.score,
+                verified=float(r.verified[0]) if r.verified is not None else math.nan,
+                reason=self._reason(top, row, exact, score, proto,
+                                    float(r.verified[0]) if r.verified is not None else math.nan),
             )
+
+    def _reason(self, top: int, row: int, exact: bool, score: float, proto: float, verified: float) -> str:
+        cfg = self.config
+        if top < 0:
+            return "nothing fired: the memory is empty"
+        name = f"edit {self.ids[top]!r}"
+        if exact:
+            return f"{name} fired: the question equals its prompt (case and spacing folded)"
+        checks = []
+        if cfg.prototype_gate:
+            checks.append((score > proto, f"score {score:.4f} does not beat the prototype's {proto:.4f}"))
+        if cfg.verify_k > 0:
+            checks.append((verified >= cfg.min_verified, f"verifier's probability {verified:.3f} (the best of the top "
+                                                        f"{cfg.verify_k}) is below min_verified {cfg.min_verified:.3f}"))
+        if cfg.min_similarity is not None:
+            checks.append((score >= cfg.min_similarity, f"score {score:.4f} is below min_similarity {cfg.min_similarity:.4f}"))
+        if cfg.min_margin is not None:
+            checks.append((score - proto >= cfg.min_margin, f"margin over the prototype {score - proto:.4f} is below "
+                                                             f"min_margin {cfg.min_margin:.4f}"))
+        failed = [why for ok, why in checks if not ok]
+        if row >= 0:
+            extra = f", verifier {verified:.3f}" if cfg.verify_k > 0 else ""
+            return f"{name} fired: {cfg.score} score {score:.4f}, prototype {proto:.4f}{extra}, every gate passed"
+        return f"nothing fired: the top-1 is {name}, but its " + "; and its ".join(failed)
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:

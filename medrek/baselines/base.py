@@ -124,7 +124,7 @@ class RetrievalMethod(EditMethod):
         found, prompts, targets = [], [], []
         try:
             for block, p, t in jobs:
-                self.editor.memory = EditMemory(saved.config, saved.prototype_key)  # same gate, no edits
+                self.editor.memory = EditMemory(saved.config, saved.prototype_key, saved.verify)  # same gate, no edits
                 self.editor.edit(list(block), batch_size=128)
                 rp = self.editor.row_prompts(list(p))
                 found.append(RowPrompts(rp.prompts.cpu(), rp.fired.cpu(), rp.ids, rp.margins))

@@ -17,7 +17,7 @@ from ..io import atomic_path
 
 __all__ = ["style", "save_figure", "plot_subject_distribution", "plot_length_distributions",
            "plot_training_curves", "plot_validation_curves", "METHOD_COLORS", "method_color",
-           "plot_method_metrics", "plot_metric_vs_batch", "plot_metric_vs_edits", "single_valued",
+           "plot_method_metrics", "plot_metric_vs_batch", "plot_metric_vs_edits", "plot_metric_vs_stored", "single_valued",
            "plot_representation_overlap", "plot_margin_histograms", "plot_subject_heatmap", "bootstrap_ci",
            "describe", "LOSS_NAMES", "METRIC_LABELS"]
 
@@ -47,6 +47,9 @@ METRIC_LABELS = {
     "generality": "generality (accuracy on paraphrase)",
     "locality": "locality (agreement with unedited)",
     "avg": "Avg of the three",
+    "fired/locality": "unrelated question fires an edit",
+    "retrieved_prompt": "own edit fires (prompt)",
+    "retrieved_rephrase": "own edit fires (paraphrase)",
 }
 METHOD_ORDER = list(METHOD_COLORS)
 
@@ -279,6 +282,20 @@ def plot_metric_vs_edits(results: pd.DataFrame, metrics: Sequence[str]) -> plt.F
         raise ValueError(f"plot_metric_vs_edits takes sequential results only, got protocol(s) {sorted(bad)}")
     return _metric_lines(results, metrics, "eval_at", "accumulated edits (log scale)",
                          ["dataset", "method", "metric", "eval_at"], "plot_metric_vs_edits")
+
+
+def plot_metric_vs_stored(results: pd.DataFrame, metrics: Sequence[str], per_record: pd.DataFrame | None = None,
+                          seed: int = 0) -> plt.Figure:
+    """Memory growth: metrics of the same evaluated edits against the number of edits stored
+    (log scale), one line per method; with ``per_record`` rows (a ``stored`` column), 95%
+    bootstrap intervals (``seed``) over requests."""
+    bad = set(results["protocol"]) - {"growth"}
+    if bad:
+        raise ValueError(f"plot_metric_vs_stored takes growth results only, got protocol(s) {sorted(bad)}")
+    if per_record is not None:
+        per_record = per_record.assign(eval_at=per_record["stored"])
+    return _metric_lines(results, metrics, "eval_at", "edits stored (log scale)",
+                         ["dataset", "method", "metric", "eval_at"], "plot_metric_vs_stored", per_record, seed)
 
 
 def _subject_colors(subjects: Sequence[str], top: int = 8) -> dict[str, str]:

@@ -1,0 +1,234 @@
+"""Memory growth: does retrieval hold when the memory holds many more edits than are scored?
+
+The evaluated edits are stored first, then the memory is padded with other released edits (in
+the order given: for MedVersa test, the rest of test, then valid, then train) up to ``stored``
+edits. The evaluated edits' questions are then asked:
+
+* ``prompt_own`` / ``rephrase_own``: the question fires its own edit;
+* ``prompt_exact``: the question is verbatim a stored prompt and fires that edit (1.0 with
+  ``exact_match``);
+* ``locality_fires``: an unrelated question (the record's locality prompt) fires any edit;
+* ``locality_fires_distinct``: the same, leaving out the locality prompts that ask the very
+  question of another stored edit (hand-labelled pairs, :func:`load_locality_duplicates`: with
+  every released edit stored, 30 of the first 200 test records' locality prompts are such
+  paraphrases, and a retriever that fires on paraphrases rightly fires there);
+* ``neighbour_fires``: a question on the same subject as an edit but asking another fact (see
+  :func:`load_neighbours`) fires any edit; ``neighbour_own`` fires the very edit it neighbours.
+
+Everything here works on query and key vectors, so a retrieval-only ladder over cached encoder
+features takes seconds; :func:`editor_retrieval_rates` runs the same measurement through an
+:class:`~medrek.Editor`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from ..data.records import EditRecord
+from ..memory import EditMemory, MemoryConfig
+
+__all__ = ["Neighbour", "load_neighbours", "load_locality_duplicates", "padded_memory", "RetrievalProbes", "retrieval_rates",
+           "vector_memory", "editor_retrieval_rates", "run_growth", "NEIGHBOURS_FILE"]
+
+NEIGHBOURS_FILE = Path(__file__).resolve().parent.parent / "data" / "medversa_test_neighbours.json"
+DUPLICATES_FILE = Path(__file__).resolve().parent.parent / "data" / "medversa_test_locality_duplicates.json"
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A question written for one edit: the same organ, drug, test or eponym, another fact."""
+
+    record_id: str  # the MedVersa test record it neighbours
+    prompt: str
+
+
+def load_neighbours(path: str | Path = NEIGHBOURS_FILE) -> list[Neighbour]:
+    """The kit's hand-written neighbour questions (``medrek/data/medversa_test_neighbours.json``),
+    checked field by field. Evaluation only: they are about MedVersa test edits."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read neighbour questions ({exc})") from None
+    rows = raw.get("neighbours") if isinstance(raw, dict) else None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected an object with a list 'neighbours'")
+    out = []
+    for k, row in enumerate(rows):
+        for name in ("record_id", "prompt"):
+            if not isinstance(row, dict) or not isinstance(row.get(name), str) or not row[name].strip():
+                raise ValueError(f"{path}: neighbour {k}: field '{name}' must be a non-empty string")
+        out.append(Neighbour(row["record_id"], row["prompt"]))
+    return out
+
+
+def load_locality_duplicates(path: str | Path = DUPLICATES_FILE) -> dict[str, str]:
+    """{test record id: id of the released edit whose prompt asks what its locality prompt asks},
+    from the kit's hand labels (``medrek/data/medversa_test_locality_duplicates.json``)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        pairs = raw["pairs"]
+        return {str(p["record_id"]): str(p["stored_record_id"]) for p in pairs if p["same_question"] is True}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot read the locality duplicate labels ({exc!r})") from None
+
+
+def padded_memory(evaluated: Sequence[EditRecord], padding: Sequence[EditRecord], stored: int) -> list[EditRecord]:
+    """The ``stored`` edits of a memory-growth step: ``evaluated`` first, then ``padding`` in its
+    order (records already among the evaluated skipped) up to ``stored``."""
+    if stored < len(evaluated):
+        raise ValueError(f"stored={stored} is fewer than the {len(evaluated)} evaluated edits")
+    seen = {r.record_id for r in evaluated}
+    out = list(evaluated)
+    for record in padding:
+        if len(out) == stored:
+            break
+        if record.record_id not in seen:
+            seen.add(record.record_id)
+            out.append(record)
+    if len(out) < stored:
+        raise ValueError(f"stored={stored} edits asked, but only {len(out)} distinct released edits are available")
+    return out
+
+
+@dataclass
+class RetrievalProbes:
+    """Query vectors (and their texts, for ``exact_match``) of the evaluated edits.
+
+    ``own`` [n]: the memory row of each evaluated edit; ``neighbour_rows`` [m]: the row of the
+    edit each neighbour question was written for."""
+
+    own: torch.Tensor
+    prompt: torch.Tensor  # [n, d]
+    rephrase: torch.Tensor  # [n, d]
+    locality: torch.Tensor  # [n_loc, d]
+    prompt_texts: Sequence[str]
+    rephrase_texts: Sequence[str]
+    locality_texts: Sequence[str]
+    neighbour: torch.Tensor | None = None  # [m, d]
+    neighbour_texts: Sequence[str] = ()
+    neighbour_rows: torch.Tensor | None = None  # [m]
+    locality_duplicate: torch.Tensor | None = None  # [n_loc] bool: asks the question of an edit in the memory
+
+
+def vector_memory(config: MemoryConfig, keys: torch.Tensor, prototype: torch.Tensor,
+                  prompts: Sequence[str], verify=None) -> EditMemory:
+    """An :class:`EditMemory` of keys [N, d] with empty prompt tokens (retrieval only)."""
+    cfg = MemoryConfig(**{**config.__dict__, "n_tokens": 1, "lm_hidden": 1})
+    memory = EditMemory(cfg, prototype, verify)
+    ids = [f"row-{k}" for k in range(len(keys))]
+    memory.add(ids, keys, torch.zeros(len(keys), 1, 1), [{"prompt": p} for p in prompts])
+    return memory
+
+
+def retrieval_rates(memory: EditMemory, probes: RetrievalProbes) -> dict[str, float]:
+    """The retrieval rates of the module docstring for ``probes`` against ``memory``."""
+    out: dict[str, float] = {}
+    for kind in ("prompt", "rephrase"):
+        r = memory.retrieve(getattr(probes, kind), list(getattr(probes, f"{kind}_texts")))
+        out[f"{kind}_own"] = float((r.rows == probes.own).float().mean())
+        out[f"{kind}_top1_own"] = float((r.top_rows == probes.own).float().mean())
+        if kind == "prompt" and r.exact is not None:
+            out["prompt_exact"] = float(((r.rows == probes.own) | ~r.exact).float().mean()) if bool(r.exact.any()) else float("nan")
+    r = memory.retrieve(probes.locality, list(probes.locality_texts))
+    out["locality_fires"] = float(r.fired.float().mean())
+    if probes.locality_duplicate is not None:
+        distinct = ~probes.locality_duplicate
+        out["locality_fires_distinct"] = float(r.fired[distinct].float().mean())
+        out["locality_duplicates"] = float(probes.locality_duplicate.sum())
+    if probes.neighbour is not None and len(probes.neighbour):
+        r = memory.retrieve(probes.neighbour, list(probes.neighbour_texts))
+        out["neighbour_fires"] = float(r.fired.float().mean())
+        out["neighbour_own"] = float((r.rows == probes.neighbour_rows).float().mean())
+    out["stored"] = float(len(memory))
+    return out
+
+
+@torch.no_grad()
+def editor_retrieval_rates(editor, evaluated: Sequence[EditRecord], padding: Sequence[EditRecord], stored: int,
+                           neighbours: Sequence[Neighbour] = ()) -> dict[str, float]:
+    """:func:`retrieval_rates` of an :class:`~medrek.Editor` with ``stored`` edits (the
+    evaluated first, then ``padding``); the editor's own memory is put back afterwards."""
+    records = padded_memory(evaluated, padding, stored)
+    saved = editor.memory
+    try:
+        editor.memory = editor.new_memory()
+        editor.edit([_request(r) for r in records])
+        row = {r.record_id: k for k, r in enumerate(records)}
+        own = torch.arange(len(evaluated))
+        names = sorted({n for r in evaluated for n in r.locality})
+        loc_texts = [r.locality[n].prompt for r in evaluated for n in names if n in r.locality]
+        kept = [n for n in neighbours if n.record_id in row]
+        q = editor.encoder.query
+        probes = RetrievalProbes(
+            own, q([r.prompt for r in evaluated]), q([r.rephrase for r in evaluated]), q(loc_texts),
+            [r.prompt for r in evaluated], [r.rephrase for r in evaluated], loc_texts,
+            q([n.prompt for n in kept]) if kept else None, [n.prompt for n in kept],
+            torch.tensor([row[n.record_id] for n in kept], dtype=torch.long) if kept else None)
+        return retrieval_rates(editor.memory, probes)
+    finally:
+        editor.memory = saved
+
+
+def _request(record: EditRecord) -> Mapping[str, str]:
+    return {"id": record.record_id, "prompt": record.prompt, "target_new": record.target_new}
+
+
+# ---------------------------------------------------------------------------------------------
+# the memory-growth protocol with the LM: efficacy, generality and locality at each size
+# ---------------------------------------------------------------------------------------------
+def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRecord], sizes: Sequence[int],
+               reference, path: str | Path, *, seed: int = 0, batch_size: int = 32, resume: bool = True,
+               labels: Mapping[str, object] | None = None, max_length: int | None = None, progress: bool = True):
+    """Score ``evaluated`` with ``stored`` edits in the method's memory for each of ``sizes``:
+    the evaluated edits plus ``padding`` (:func:`padded_memory`). One row per request and size
+    (``stored`` and ``eval_at`` say the size) goes to ``path`` (CSV) after every size; a rerun
+    resumes after the last finished size, and rows made by something else are refused
+    (:class:`~medrek.evaluate.protocols.ResumeError`)."""
+    import hashlib
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from ..io import read_json, write_csv, write_json
+    from .protocols import ResumeError, _differences, _score_step
+
+    sizes = sorted({int(s) for s in sizes})
+    if not sizes or sizes[0] < len(evaluated):
+        raise ValueError(f"memory sizes {sizes} must each hold the {len(evaluated)} evaluated edits")
+    path = Path(path)
+    pad_ids = hashlib.sha256("\n".join(r.record_id for r in padding).encode()).hexdigest()[:16]
+    signature = json.loads(json.dumps({
+        "method": method.name, "identity": method.identity(), "protocol": "growth", "seed": seed,
+        "evaluated": [r.record_id for r in evaluated][:3] + [len(evaluated)], "padding": pad_ids,
+        "labels": dict(labels or {}), "max_length": max_length}, default=str))
+    sig_path = path.with_suffix(".json")
+    rows: list[dict] = []
+    if resume and path.exists() and sig_path.exists():
+        saved = read_json(sig_path)
+        if {k: v for k, v in saved.items() if k != "sizes"} != signature:
+            raise ResumeError(f"{path}: saved results were made by something else "
+                              f"({_differences({k: v for k, v in saved.items() if k != 'sizes'}, signature)}); "
+                              "delete the file or evaluate with resume=False")
+        rows = pd.read_csv(path, dtype={"record_id": str, "subject": str}).to_dict("records")
+    write_json(sig_path, {**signature, "sizes": sizes})
+    done = {int(r["stored"]) for r in rows}
+    idx = list(range(len(evaluated)))
+    for stored in tqdm([s for s in sizes if s not in done], desc=f"{method.name} growth", disable=not progress):
+        method.restore()
+        try:
+            method.edit(padded_memory(evaluated, padding, stored))
+            new = _score_step(method, evaluated, idx, reference, batch_size, max_length)
+        finally:
+            method.restore()
+        for row in new:
+            row.update(stored=stored, eval_at=stored, step=0)
+        rows += new
+        write_csv(path, pd.DataFrame(rows))
+    return pd.DataFrame(rows)

@@ -1,0 +1,335 @@
+"""Training the retriever for large memories, and calibrating its threshold there.
+
+The editor's query head maps frozen encoder features to keys. Trained with in-batch negatives
+and a prototype margin, its scores rank a question's own edit first among a few dozen keys,
+but they are not an absolute measure: with thousands of keys stored, some unrelated key scores
+above any margin calibrated with 100 stored. This stage retrains the query head alone, on
+cached features (seconds to minutes on a CPU), for a cosine score with one threshold:
+
+* InfoNCE of each prompt and rephrase against a *bank* of every training edit's key (thousands
+  of negatives per step, other edits of the same subject among them), temperature ``tau``;
+* the own key's cosine pushed above ``threshold + margin``;
+* every locality prompt's best cosine over the bank, and every question's best cosine over the
+  *other* edits' keys (a question whose own edit is not stored: the neighbour case), pushed
+  below ``threshold - margin``.
+
+:func:`calibrate_threshold` then picks the threshold actually used on held-out edits, with the
+largest memory the user will have stored.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..data.records import EditRecord
+from ..memory import EditMemory
+
+__all__ = ["RetrieverTrainConfig", "train_query_head", "retriever_losses", "calibrate_threshold",
+           "VerifierTrainConfig", "mine_pairs", "train_verifier", "RetrievalStageConfig", "fit_large_memory_retrieval",
+           "stage_config"]
+
+
+@dataclass
+class RetrieverTrainConfig:
+    steps: int = 400
+    batch_size: int = 128
+    lr: float = 3e-4
+    tau: float = 0.05  # InfoNCE temperature on cosines
+    threshold: float = 0.5  # the cosine that separates "this edit" from "not stored"
+    margin: float = 0.1
+    locality_weight: float = 1.0
+    other_weight: float = 1.0  # best non-own key of a question below the threshold
+    positive_weight: float = 1.0
+    bank: bool = True  # negatives: every training key (True) or the batch's own keys
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"RetrieverTrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("lr", "tau", "margin"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"RetrieverTrainConfig.{name} must be a finite number > 0, got {getattr(self, name)!r}")
+
+
+def retriever_losses(queries: torch.Tensor, own: torch.Tensor, keys: torch.Tensor, locality: torch.Tensor,
+                     config: RetrieverTrainConfig) -> dict[str, torch.Tensor]:
+    """Loss terms for unit queries [B, d] whose own key is row ``own`` [B] of unit ``keys``
+    [N, d], and unit locality queries [L, d] that must match no key."""
+    sims = queries @ keys.T  # [B, N]
+    nce = F.cross_entropy(sims / config.tau, own)
+    pos = sims.gather(1, own[:, None])[:, 0]
+    others = sims.scatter(1, own[:, None], -2.0).amax(1)  # best key that is not the own one
+    loc = (locality @ keys.T).amax(1) if len(locality) else sims.new_zeros(0)
+    low, high = config.threshold - config.margin, config.threshold + config.margin
+    terms = {"nce": nce, "positive": F.relu(high - pos).mean(), "other": F.relu(others - low).mean(),
+             "locality": F.relu(loc - low).mean() if len(loc) else sims.sum() * 0.0}
+    terms["total"] = (nce + config.positive_weight * terms["positive"] + config.other_weight * terms["other"]
+                      + config.locality_weight * terms["locality"])
+    return terms
+
+
+def train_query_head(head: torch.nn.Module, records: Sequence[EditRecord], features: Callable[[list[str]], torch.Tensor],
+                     config: RetrieverTrainConfig | None = None, seed: int = 0,
+                     progress: bool = False) -> tuple[torch.nn.Module, dict]:
+    """A copy of ``head`` trained on ``records`` (prompts and rephrases as queries, prompts as
+    keys, locality prompts as negatives); ``features(texts)`` gives the frozen encoder features
+    [n, f]. Returns the head and a log (config, loss terms every 50 steps, seconds)."""
+    from tqdm.auto import tqdm
+
+    config = config or RetrieverTrainConfig()
+    head = copy.deepcopy(head).train()
+    head.requires_grad_(True)
+    with torch.no_grad():
+        fp = features([r.prompt for r in records])  # [N, f]
+        fr = features([r.rephrase for r in records])
+        fl = features([p.prompt for r in records for p in r.locality.values()])
+    n = len(records)
+    opt = torch.optim.Adam(head.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(seed)
+    log: list[dict] = []
+    for step in tqdm(range(1, config.steps + 1), desc="retriever", disable=not progress):
+        batch = torch.randperm(n, generator=gen)[: config.batch_size]
+        loc = torch.randperm(len(fl), generator=gen)[: config.batch_size]
+        queries = F.normalize(head(torch.cat([fp[batch], fr[batch]])), dim=-1)  # [2B, d]
+        if config.bank:
+            keys, own = F.normalize(head(fp), dim=-1), torch.cat([batch, batch])
+        else:
+            keys, own = F.normalize(head(fp[batch]), dim=-1), torch.arange(len(batch)).repeat(2)
+        terms = retriever_losses(queries, own, keys, F.normalize(head(fl[loc]), dim=-1), config)
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        if step % 50 == 0 or step == config.steps:
+            log.append({"step": step, **{k: round(float(v.detach()), 5) for k, v in terms.items()}})
+    head.eval().requires_grad_(False)
+    return head, {"config": asdict(config), "records": n, "seed": seed, "log": log}
+
+
+GATES = {"similarity": "min_similarity", "margin": "min_margin", "verified": "min_verified"}
+
+
+@torch.no_grad()
+def calibrate_threshold(memory: EditMemory, queries: torch.Tensor, texts: Sequence[str], gate: str,
+                        max_false_fire: float) -> dict:
+    """The smallest threshold at which at most ``max_false_fire`` of the held-out unrelated
+    ``queries`` [n, d] (``texts``) fire an edit of ``memory``, which should hold as many edits as
+    the largest memory that will be used. ``gate``: ``similarity`` (top-1 score, for
+    ``min_similarity``), ``margin`` (top-1 minus prototype, ``min_margin``) or ``verified`` (the
+    verifier's probability, ``min_verified``); the memory's own value of that threshold is
+    ignored while calibrating. Returns the threshold (None: nothing to cut) and fire rates."""
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {sorted(GATES)}, got {gate!r}")
+    if not 0 <= max_false_fire < 1:
+        raise ValueError(f"max_false_fire must be in [0, 1), got {max_false_fire}")
+    if len(queries) == 0:
+        raise ValueError("calibrate_threshold needs held-out queries")
+    name = GATES[gate]
+    saved = getattr(memory.config, name)
+    setattr(memory.config, name, 0.0 if gate == "verified" else None)
+    try:
+        r = memory.retrieve(queries, list(texts))
+    finally:
+        setattr(memory.config, name, saved)
+    value = {"similarity": r.scores, "margin": r.scores - r.prototype_scores, "verified": r.verified}[gate]
+    passing = torch.where(r.fired & ~r.exact, value, torch.tensor(-math.inf))  # exact matches fire regardless
+    allowed = int(max_false_fire * len(passing))
+    ranked = passing[passing > -math.inf].sort(descending=True).values
+    threshold = None if len(ranked) <= allowed else float(ranked[allowed]) + 1e-6
+    if gate == "verified" and threshold is not None:
+        threshold = min(threshold, 1.0)
+    n = len(passing)
+    fired = int(r.fired.sum())
+    after = int((passing >= threshold).sum()) / n if threshold is not None else fired / n
+    return {"gate": gate, "setting": name, "threshold": threshold, "max_false_fire": max_false_fire,
+            "stored": len(memory), "queries": n, "false_fire_before": fired / n, "false_fire_after": after}
+
+
+# ---------------------------------------------------------------------------------------------
+# the verifier: a cross-encoder over (question, stored prompt), trained on mined pairs
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class VerifierTrainConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 5e-5  # the encoder's top layers
+    head_lr: float = 1e-3
+    negatives: int = 2  # per rephrase: its best-scoring keys that are not its own edit
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "negatives"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"VerifierTrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+
+
+@torch.no_grad()
+def mine_pairs(records: Sequence[EditRecord], embed: Callable[[list[str]], torch.Tensor],
+               negatives: int = 2) -> tuple[list[str], list[str], torch.Tensor]:
+    """(questions, stored prompts, labels [P]) for training a verifier on ``records``.
+
+    Positives: each rephrase with its own prompt. Negatives, mined with ``embed`` (unit keys):
+    each rephrase with its ``negatives`` best other prompts, each prompt with its best other
+    prompt (the same subject, another fact) and each locality prompt with its best prompt."""
+    prompts = [r.prompt for r in records]
+    keys = F.normalize(embed(prompts), dim=-1)  # [N, d]
+    own = torch.arange(len(records))
+    questions, stored, labels = [], [], []
+
+    def add(texts: list[str], rows: torch.Tensor, label: float) -> None:
+        questions.extend(texts)
+        stored.extend(prompts[int(j)] for j in rows)
+        labels.extend([label] * len(texts))
+
+    rephrases = [r.rephrase for r in records]
+    add(rephrases, own, 1.0)
+    sims = F.normalize(embed(rephrases), dim=-1) @ keys.T
+    sims[own, own] = -2.0
+    for k in range(negatives):
+        top = sims.argmax(1)
+        add(rephrases, top, 0.0)
+        sims[own, top] = -2.0
+    sims = keys @ keys.T
+    sims[own, own] = -2.0
+    add(prompts, sims.argmax(1), 0.0)
+    loc = [p.prompt for r in records for p in r.locality.values()]
+    if loc:
+        add(loc, (F.normalize(embed(loc), dim=-1) @ keys.T).argmax(1), 0.0)
+    # a locality or neighbour text identical to a stored prompt is the same question: not a negative
+    from ..memory import fold_question
+    keep = [k for k in range(len(labels)) if labels[k] == 1.0 or fold_question(questions[k]) != fold_question(stored[k])]
+    return [questions[k] for k in keep], [stored[k] for k in keep], torch.tensor([labels[k] for k in keep])
+
+
+def train_verifier(verifier, questions: Sequence[str], stored: Sequence[str], labels: torch.Tensor,
+                   config: VerifierTrainConfig | None = None, seed: int = 0, progress: bool = False) -> dict:
+    """Train ``verifier`` in place on labelled pairs (binary cross-entropy, positives weighted
+    up to balance the negatives). Returns a log (config, loss every 50 steps, seconds)."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    config = config or VerifierTrainConfig()
+    trained = [p for n, p in verifier.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    opt = torch.optim.AdamW([{"params": trained, "lr": config.lr},
+                             {"params": verifier.head.parameters(), "lr": config.head_lr}])
+    pos_weight = (labels == 0).sum().clamp_min(1) / (labels == 1).sum().clamp_min(1)
+    gen = torch.Generator().manual_seed(seed)
+    verifier.train()
+    log, step, start, running = [], 0, time.perf_counter(), []
+    total = config.epochs * ((len(labels) + config.batch_size - 1) // config.batch_size)
+    bar = tqdm(total=total, desc="verifier", disable=not progress)
+    for _ in range(config.epochs):
+        order = torch.randperm(len(labels), generator=gen)
+        for s in range(0, len(order), config.batch_size):
+            idx = order[s:s + config.batch_size].tolist()
+            logits = verifier([questions[i] for i in idx], [stored[i] for i in idx])
+            loss = F.binary_cross_entropy_with_logits(logits, labels[idx].to(logits.device), pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            running.append(float(loss.detach()))
+            bar.update()
+            if step % 50 == 0 or step == total:
+                log.append({"step": step, "loss": round(sum(running) / len(running), 5)})
+                running = []
+    bar.close()
+    verifier.eval()
+    return {"config": asdict(config), "pairs": len(labels), "positives": int(labels.sum()), "seed": seed,
+            "log": log, "seconds": round(time.perf_counter() - start, 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole stage, on a trained editor (notebook 02's "retrieval for large memories")
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RetrievalStageConfig:
+    """Settings of :func:`fit_large_memory_retrieval` (notebook 02's ``retrieval_stage``)."""
+
+    verify_k: int = 5  # 0: no verifier, the cosine threshold alone gates
+    stored: int = 5000  # edits stored while calibrating (valid first, then train: test is never used)
+    max_false_fire: float = 0.02  # held-out locality prompts allowed to fire at that size
+    calibration_edits: int = 2000  # held-out edits whose locality prompts calibrate (stored first)
+    retriever_steps: int = 400
+    retriever_batch_size: int = 128
+    verifier_epochs: int = 1
+    verifier_layers: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.verify_k, int) or self.verify_k < 0:
+            raise ValueError(f"retrieval_stage.verify_k must be an integer >= 0, got {self.verify_k!r}")
+        if not 0 <= self.max_false_fire < 1:
+            raise ValueError(f"retrieval_stage.max_false_fire must be in [0, 1), got {self.max_false_fire!r}")
+        for name in ("stored", "calibration_edits", "retriever_steps", "retriever_batch_size", "verifier_epochs",
+                     "verifier_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"retrieval_stage.{name} must be an integer >= 1, got {value!r}")
+
+
+def fit_large_memory_retrieval(editor, train: Sequence[EditRecord], calibration: Sequence[EditRecord],
+                               padding: Sequence[EditRecord], config: RetrievalStageConfig | None = None,
+                               seed: int = 0, progress: bool = False) -> dict:
+    """Make ``editor``'s retrieval hold in a large memory, in place.
+
+    1. retrain its query head (:func:`train_query_head`) on ``train``; keys become cosine;
+    2. with ``verify_k`` > 0, train a :class:`~medrek.models.verifier.QuestionVerifier` on pairs
+       mined from ``train`` with the new keys;
+    3. set exact-match retrieval, drop the prototype gate (the new keys no longer live in the
+       prototype's space) and calibrate the verifier's probability (or, without a verifier, the
+       cosine) so that at most ``max_false_fire`` of ``calibration``'s locality prompts fire with
+       ``stored`` edits stored: ``calibration`` first, then ``padding``.
+
+    ``calibration`` and ``padding`` must be held out from every evaluation. Returns a log."""
+    from ..evaluate.growth import padded_memory, vector_memory
+    from ..models.verifier import QuestionVerifier, VerifierConfig
+
+    config = config or RetrievalStageConfig()
+    encoder = editor.encoder
+    head, retriever_log = train_query_head(
+        encoder.query_head, train, encoder.features,
+        RetrieverTrainConfig(steps=config.retriever_steps, batch_size=config.retriever_batch_size), seed, progress)
+    encoder.query_head.load_state_dict(head.state_dict())
+    cfg = editor.config
+    cfg.score, cfg.exact_match, cfg.prototype_gate = "cosine", True, False
+    cfg.min_margin = cfg.min_similarity = None
+    cfg.verify_k, cfg.verifier_layers = config.verify_k, config.verifier_layers
+    verifier_log = None
+    editor.verifier = None
+    if config.verify_k:
+        torch.manual_seed(seed)
+        editor.verifier = QuestionVerifier(encoder.backbone, encoder.tokenizer,
+                                           VerifierConfig(config.verifier_layers, cfg.max_length, config.verify_k))
+        editor.verifier.to(encoder.device)
+        with torch.no_grad():
+            questions, stored, labels = mine_pairs(train, encoder.query)
+        verifier_log = train_verifier(editor.verifier, questions, stored, labels,
+                                      VerifierTrainConfig(epochs=config.verifier_epochs), seed, progress)
+        editor.verifier.round_to_half()
+    calibration = list(calibration)[: config.calibration_edits]
+    records = padded_memory(calibration, padding, config.stored)
+    with torch.no_grad():
+        memory = vector_memory(editor.new_memory().config, encoder.query([r.prompt for r in records]),
+                               encoder.prototype_key(), [r.prompt for r in records], editor._verify())
+        loc = [p.prompt for r in calibration for p in r.locality.values()]
+        gate = "verified" if config.verify_k else "similarity"
+        result = calibrate_threshold(memory, encoder.query(loc), loc, gate, config.max_false_fire)
+    if result["threshold"] is not None:
+        setattr(cfg, result["setting"], result["threshold"])
+    editor.memory = editor.new_memory()
+    return {"stage": asdict(config), "seed": seed, "retriever": retriever_log, "verifier": verifier_log,
+            "calibration": {**result, "calibration_edits": len(calibration), "locality_prompts": len(loc)}}
+
+
+def stage_config(settings: Mapping[str, Any], where: str) -> RetrievalStageConfig:
+    """``settings`` (a params mapping) as a :class:`RetrievalStageConfig`, unknown or mistyped
+    fields refused by name (``where``: e.g. ``retrieval_stage.medrek-lm-embedding``)."""
+    from ..config import check_settings
+
+    check_settings(settings, RetrievalStageConfig, where)
+    return RetrievalStageConfig(**settings)
