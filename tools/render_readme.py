@@ -7,7 +7,9 @@ Each section sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in R
   ``tools/time_test_suite.py``);
 - ``train-table``: validation of the small run's editors during training
   (``results/small/metrics/train_valid_*.csv``, ``gate_calibration.csv``);
-- ``eval-table``: the small evaluation (``results/small/metrics/results.csv``).
+- ``eval-table``: the small evaluation (``results/small/metrics/results.csv``);
+- ``growth-table``: memory growth of the committed editors (``results/small/metrics/growth.csv``);
+- ``ladder``: the retrieval ladder (``bench/results/retrieval_ladder.json``).
 
     python tools/render_readme.py           # rewrite README.md in place
     python tools/render_readme.py --check   # exit 1 if README.md differs (tests/test_readme.py)
@@ -111,7 +113,35 @@ def eval_table() -> str:
     return "\n".join(rows)
 
 
-SECTIONS = {"suite": suite, "train-table": train_table, "eval-table": eval_table}
+GROWTH_METHODS = ["medrek-lm-embedding", "ike", "medrek", "recipe"]
+
+
+def growth_table() -> str:
+    path = SMALL / "growth.csv"
+    rows = ["| method | edits stored | efficacy | generality | locality | own edit fires (prompt) "
+            "| own edit fires (rephrase) | unrelated question fires an edit |", "|---|---:|---|---|---|---|---|---|"]
+    if not path.exists():
+        return "\n".join(rows + ["| (not measured yet) | | | | | | | |"])
+    results = pd.read_csv(path)
+    for method in [m for m in GROWTH_METHODS if m in set(results["method"])]:
+        grid = results[results["method"] == method].pivot_table(index="eval_at", columns="metric", values="value")
+        for stored, v in grid.iterrows():
+            rows.append(f"| {method} | {stored:,} | {fmt(v.get('efficacy'))} | {fmt(v.get('generality'))} "
+                        f"| {fmt(v.get('locality'))} | {fmt(v.get('retrieved_prompt'))} "
+                        f"| {fmt(v.get('retrieved_rephrase'))} | {fmt(v.get('fired/locality'))} |")
+    return "\n".join(rows)
+
+
+def ladder() -> str:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from render_retrieval_ladder import RESULTS, changes_table, ladder_table
+
+    data = json.loads(RESULTS.read_text())
+    return f"{ladder_table(data)}\n\n{changes_table(data)}"
+
+
+SECTIONS = {"suite": suite, "train-table": train_table, "eval-table": eval_table, "growth-table": growth_table,
+            "ladder": ladder}
 
 
 def render(text: str) -> str:
