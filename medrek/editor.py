@@ -329,6 +329,10 @@ class EditorConfig:
             raise ValueError(f"EditorConfig.min_verified is a probability, got {self.min_verified!r}")
 
 
+RETRIEVAL_DEFAULTS = {name: getattr(EditorConfig, name) for name in
+                      ("score", "exact_match", "prototype_gate", "verify_k", "min_verified", "verifier_layers")}
+
+
 @dataclass
 class ScoreResult:
     """Teacher-forced scores of (prompt, target) pairs, one entry per pair."""
@@ -600,7 +604,11 @@ class Editor(nn.Module):
 
     def fingerprint(self) -> str:
         """sha256 of this editor's config and trained weights: what made a memory or a result."""
-        digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode("utf-8"))
+        config = asdict(self.config)
+        for name, default in RETRIEVAL_DEFAULTS.items():  # settings added later: absent at their default,
+            if config[name] == default:  # so editors, memories and results saved before them keep their fingerprint
+                del config[name]
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8"))
         for name, value in sorted(self.trainable_state_dict().items()):
             value = value.detach().cpu().contiguous()
             digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode("utf-8"))

@@ -278,3 +278,46 @@ def test_growth_figure_draws_one_line_per_method_against_stored():
     assert ax.get_xscale() == "log" and "stored" in ax.get_xlabel()
     with pytest.raises(ValueError, match="growth results only"):
         plots.plot_metric_vs_stored(pd.DataFrame(rows).assign(protocol="batch"), ["locality"])
+
+
+def test_the_retrieval_stage_sets_a_verified_cosine_gate_that_survives_a_reload(make_editor, tiny_lm, tmp_path):
+    from medrek import Editor
+    from medrek.train.retriever import fit_large_memory_retrieval
+
+    records = make_records(7)
+    editor = make_editor("medrek-lm-embedding", n_tokens=12)
+    head_before = editor.encoder.query_head.proj.weight.clone()
+    stage = RetrievalStageConfig(verify_k=2, stored=7, max_false_fire=0.3, calibration_edits=4, retriever_steps=3,
+                                 retriever_batch_size=4, verifier_layers=1)
+    log = fit_large_memory_retrieval(editor, records, records[:4], records, stage, seed=0)
+    cfg = editor.config
+    assert (cfg.score, cfg.exact_match, cfg.prototype_gate, cfg.verify_k) == ("cosine", True, False, 2)
+    assert cfg.min_margin is None and log["calibration"]["setting"] == "min_verified"
+    assert log["calibration"]["false_fire_after"] <= 0.3 and log["calibration"]["stored"] == 7
+    assert not torch.equal(head_before, editor.encoder.query_head.proj.weight)
+    assert log["verifier"]["pairs"] > 0 and len(log["retriever"]["log"]) == 1
+    editor.save(tmp_path / "e")
+    loaded = Editor.load(tmp_path / "e", lm=tiny_lm)
+    assert loaded.config == editor.config and loaded.fingerprint() == editor.fingerprint()
+    loaded.edit(REQUESTS)
+    assert loaded.retrieve([REQUESTS[1]["prompt"]]).rows.tolist() == [1]  # the asked prompt: exact match
+
+
+def test_retrieval_settings_at_their_defaults_keep_an_editors_fingerprint(make_editor):
+    import hashlib
+    from dataclasses import asdict
+
+    from medrek.editor import RETRIEVAL_DEFAULTS
+
+    editor = make_editor("medrek-lm-embedding", n_tokens=12)
+    # the fingerprint as it was computed before these settings existed
+    config = {k: v for k, v in asdict(editor.config).items() if k not in RETRIEVAL_DEFAULTS}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8"))
+    for name, value in sorted(editor.trainable_state_dict().items()):
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode("utf-8"))
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    assert editor.fingerprint() == digest.hexdigest()  # saved memories and results still match
+    before = editor.fingerprint()
+    editor.config.exact_match = True
+    assert editor.fingerprint() != before
