@@ -127,6 +127,9 @@ LEADS = [
          train=RetrieverTrainConfig(locality_weight=0.0)),
     Lead("hard-negatives-batch-only", "as hard-negatives with the batch's own keys instead of the 3,000-key bank",
          score="cosine", exact_match=True, gate="similarity", head="trained", train=RetrieverTrainConfig(bank=False)),
+    Lead("hard-negatives@10%", "hard-negatives, its cosine threshold calibrated to let 10% of valid locality prompts "
+         "fire at 5,000 stored (as verifier@10%)", score="cosine", exact_match=True, gate="similarity", head="trained",
+         train=RetrieverTrainConfig(), max_false_fire=0.10),
     Lead("verifier", "hard-negatives head, top-5 by cosine read again by a cross-encoder verifier (MiniLM, top 2 "
          "layers + head trained 1 epoch on train pairs mined with that head); its probability calibrated at 5,000 stored",
          score="cosine", exact_match=True, gate="verified", head="trained", train=RetrieverTrainConfig(),
@@ -150,7 +153,7 @@ def keys_of(lead: Lead, encoder: KnowledgeEncoder, head: ResidualHead | None) ->
 
 
 def run_lead(lead: Lead, encoder: KnowledgeEncoder, committed: dict, data: dict, feats: dict, max_false_fire: float,
-             seed: int) -> dict:
+             seed: int, verifiers: dict) -> dict:
     start = time.perf_counter()
     f = lambda texts: torch.stack([feats[t] for t in texts])  # noqa: E731
     head, train_log = None, None
@@ -159,7 +162,10 @@ def run_lead(lead: Lead, encoder: KnowledgeEncoder, committed: dict, data: dict,
     embed = keys_of(lead, encoder, head)
     verify, verifier_log = None, None
     if lead.verify_k:
-        verify, verifier_log = cached_verifier(lead, encoder, data["train"], lambda t: embed(f(t)), seed)
+        key = lead.cache_as or lead.name  # leads sharing a verifier share its answers too
+        if key not in verifiers:
+            verifiers[key] = cached_verifier(lead, encoder, data["train"], lambda t: embed(f(t)), seed)
+        verify, verifier_log = verifiers[key]
     with torch.no_grad():
         prototype = encoder.prototype_key() if lead.head == "committed" else torch.zeros(0)
         if lead.head != "committed":  # a prototype no query beats: only the threshold gates
@@ -259,10 +265,11 @@ def main() -> None:
              for t in (r.prompt, r.rephrase, r.locality["locality"].prompt)] + [n.prompt for n in data["neighbours"]]
     feats = cached_features(encoder, texts, args.checkpoint)
     results = json.loads(OUT.read_text())["leads"] if OUT.exists() else []
+    verifiers: dict = {}
     for lead in LEADS:
         if args.only and lead.name not in args.only:
             continue
-        out = run_lead(lead, encoder, committed, data, feats, args.max_false_fire, args.seed)
+        out = run_lead(lead, encoder, committed, data, feats, args.max_false_fire, args.seed, verifiers)
         results = [r for r in results if r["lead"] != lead.name] + [out]
         print(json.dumps({"lead": out["lead"], "calibration": out["calibration"], "rows": out["rows"]}), flush=True)
         write_json(OUT, {"machine": machine(), "checkpoint": str(Path(args.checkpoint).relative_to(ROOT))
