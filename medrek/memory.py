@@ -372,6 +372,7 @@ class EditMemory:
             keys = unit_rows(keys) if self.config.score == "cosine" else keys
             top[exact] = (q[exact] * keys).sum(-1) * scale
             top_rows[exact] = exact_rows[exact]
+            verified = verified.masked_fill(exact, math.nan)  # not the verifier's pick: not verified
             fire |= exact
         return Retrieval(torch.where(fire, top_rows, -1), top_rows, top, runner, proto, exact, verified)
 

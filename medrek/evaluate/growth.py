@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..data.records import EditRecord
+from ..data.records import EditRecord, records_sha256
 from ..memory import EditMemory, MemoryConfig
 
 __all__ = ["Neighbour", "load_neighbours", "load_locality_duplicates", "padded_memory", "RetrievalProbes", "retrieval_rates",
@@ -206,7 +206,8 @@ def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRe
     pad_ids = hashlib.sha256("\n".join(r.record_id for r in padding).encode()).hexdigest()[:16]
     signature = json.loads(json.dumps({
         "method": method.name, "identity": method.identity(), "protocol": "growth", "seed": seed,
-        "evaluated": [r.record_id for r in evaluated][:3] + [len(evaluated)], "padding": pad_ids,
+        "evaluated": [r.record_id for r in evaluated][:3] + [len(evaluated)],
+        "records_sha256": records_sha256(evaluated), "padding": pad_ids,
         "labels": dict(labels or {}), "max_length": max_length}, default=str))
     sig_path = path.with_suffix(".json")
     rows: list[dict] = []
