@@ -32,14 +32,14 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402
 from medrek.data.loaders import load_split  # noqa: E402
 from medrek.data.sources import cache_dir  # noqa: E402
-from medrek.evaluate.growth import (RetrievalProbes, load_locality_duplicates, load_neighbours, padded_memory,  # noqa: E402
+from medrek.evaluate.growth import (load_locality_duplicates, load_neighbours, padded_memory, probes_for,  # noqa: E402
                                    retrieval_rates, vector_memory)
 from medrek.io import read_json, read_tensors, write_json  # noqa: E402
 from medrek.memory import MemoryConfig  # noqa: E402
 from medrek.models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig, ResidualHead  # noqa: E402
 from medrek.models.registry import load_encoder  # noqa: E402
 from medrek.models.verifier import QuestionVerifier, VerifierConfig  # noqa: E402
-from medrek.train.retriever import (RetrieverTrainConfig, VerifierTrainConfig, calibrate_threshold, mine_pairs,  # noqa: E402
+from medrek.train.retriever import (RetrieverTrainConfig, VerifierTrainConfig, calibrate_at_size, mine_pairs,  # noqa: E402
                                     train_query_head, train_verifier)
 from safetensors.torch import save_file  # noqa: E402
 
@@ -166,44 +166,27 @@ def run_lead(lead: Lead, encoder: KnowledgeEncoder, committed: dict, data: dict,
         if key not in verifiers:
             verifiers[key] = cached_verifier(lead, encoder, data["train"], lambda t: embed(f(t)), seed)
         verify, verifier_log = verifiers[key]
+    keys = lambda texts: embed(f(texts))  # noqa: E731
     with torch.no_grad():
-        prototype = encoder.prototype_key() if lead.head == "committed" else torch.zeros(0)
-        if lead.head != "committed":  # a prototype no query beats: only the threshold gates
-            d = embed(f([data["test"][0].prompt])).shape[1]
-            prototype = torch.zeros(d)
-        order = data["test"] + data["valid"] + data["train"]
+        # a retrained or raw head has no prototype in its space: a zero one, and only the threshold gates
+        committed_head = lead.head == "committed"
+        prototype = encoder.prototype_key() if committed_head else torch.zeros(keys([data["test"][0].prompt]).shape[1])
         base = MemoryConfig(int(prototype.shape[0]), 1, 1, score=lead.score, exact_match=lead.exact_match,
                             min_margin=committed["min_margin"] if lead.gate == "committed-margin" else None,
-                            prototype_gate=lead.head == "committed", verify_k=lead.verify_k)
-        if lead.head != "committed":
-            base.min_similarity = None
+                            prototype_gate=committed_head, verify_k=lead.verify_k)
         calibration = None
         if lead.gate in ("margin", "similarity", "verified"):
-            memory_all = padded_memory(data["valid"], data["train"], CALIBRATION_STORED)
-            keys = embed(f([r.prompt for r in memory_all]))
-            memory = vector_memory(base, keys, prototype, [r.prompt for r in memory_all], verify)
-            loc = [r.locality["locality"].prompt for r in data["valid"]]
             budget = lead.max_false_fire if lead.max_false_fire is not None else max_false_fire
-            calibration = calibrate_threshold(memory, embed(f(loc)), loc, lead.gate, budget)
+            calibration = calibrate_at_size(base, keys, prototype, data["valid"], data["train"], CALIBRATION_STORED,
+                                            lead.gate, budget, verify)
             if calibration["threshold"] is not None:
                 setattr(base, calibration["setting"], calibration["threshold"])
         evaluated = data["test"][:N_EVAL]
         rows = []
         for size in SIZES:
-            stored = padded_memory(evaluated, order, size)
-            memory = vector_memory(base, embed(f([r.prompt for r in stored])), prototype, [r.prompt for r in stored],
-                                   verify)
-            nb = [n for n in data["neighbours"]]
-            row_of = {r.record_id: k for k, r in enumerate(stored)}
-            probes = RetrievalProbes(
-                torch.arange(len(evaluated)), embed(f([r.prompt for r in evaluated])),
-                embed(f([r.rephrase for r in evaluated])),
-                embed(f([r.locality["locality"].prompt for r in evaluated])),
-                [r.prompt for r in evaluated], [r.rephrase for r in evaluated],
-                [r.locality["locality"].prompt for r in evaluated],
-                embed(f([n.prompt for n in nb])), [n.prompt for n in nb],
-                torch.tensor([row_of[n.record_id] for n in nb]),
-                torch.tensor([data["duplicates"].get(r.record_id) in row_of for r in evaluated]))
+            stored = padded_memory(evaluated, data["test"] + data["valid"] + data["train"], size)
+            memory = vector_memory(base, keys([r.prompt for r in stored]), prototype, [r.prompt for r in stored], verify)
+            probes = probes_for(evaluated, stored, keys, data["neighbours"], data["duplicates"])
             rows.append({"stored": size, **{k: round(v, 4) for k, v in retrieval_rates(memory, probes).items()
                                             if k != "stored"}})
     return {"lead": lead.name, "change": lead.change, "score": lead.score, "exact_match": lead.exact_match,

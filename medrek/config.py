@@ -136,12 +136,13 @@ POSITIVE = frozenset({
     "generation_tokens", "explain_tokens", "threads", "lr_encoder", "lr_prompt", "lr", "grad_clip",
     "temperature_query_key", "temperature_query_prototype", "hnsw_m", "hnsw_ef_search", "ivf_nprobe",
     "verifier_layers", "retriever_steps", "retriever_batch_size", "verifier_epochs", "calibration_edits",
+    "stored",
 })
 NON_NEGATIVE = frozenset({
     "seed", "warmup_steps", "retrieval_steps", "eval_every", "n_prefix_tokens", "n_suffix_tokens", "fluency_n",
     "generation_n", "example_index", "edit_hinge", "contrastive_hinge", "weight_q1", "weight_q2", "weight_q3",
     "weight_edit_rel", "weight_edit_gen", "weight_locality", "ivf_nlist", "min_margin", "verify_k",
-    "min_verified", "retrieval_stored",
+    "min_verified",
 })
 
 

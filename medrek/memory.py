@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import json
-import re
 
 import faiss
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .data.records import fold_question
 from .io import CheckpointError, atomic_folder, file_sha256, read_checkpoint_meta, read_tensors, recover_folder, write_text
 
 __all__ = ["MemoryConfig", "Retrieval", "Lookup", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS",
@@ -85,12 +85,6 @@ class MemoryConfig:
 
 
 Verify = Callable[[Sequence[str], Sequence[str]], torch.Tensor]  # (questions, stored prompts) -> P(same) [B]
-
-
-def fold_question(text: str) -> str:
-    """The form in which two questions count as identical for ``exact_match``: case-folded,
-    whitespace collapsed and trimmed."""
-    return re.sub(r"\s+", " ", text).strip().casefold()
 
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +162,7 @@ class Retrieval:
     prototype_scores: torch.Tensor  # [B]
     exact: torch.Tensor | None = None  # [B] bool, the question equals the top-1 edit's prompt (exact_match)
     verified: torch.Tensor | None = None  # [B] the verifier's probability for the top-1 (NaN: not verified)
+    # (EditMemory always sets both; None only in Retrievals built by hand)
 
     @property
     def fired(self) -> torch.Tensor:
@@ -357,14 +352,8 @@ class EditMemory:
         top_rows = rows.gather(1, pick[:, None])[:, 0].clone()
         runner = sims[:, 1] if k > 1 else torch.full((b,), -math.inf)
         fire = top_rows >= 0
-        if self.config.prototype_gate:
-            fire &= top > proto
-        if verifying:
-            fire &= verified >= self.config.min_verified
-        if self.config.min_similarity is not None:
-            fire &= top >= self.config.min_similarity
-        if self.config.min_margin is not None:
-            fire &= top - proto >= self.config.min_margin
+        for passed in self._gates(top, proto, verified).values():
+            fire &= passed
         exact_rows = self._exact_rows(texts, b)
         exact = exact_rows >= 0
         if bool(exact.any()):  # the asked question is a stored prompt: that edit, whatever the scores
@@ -402,47 +391,56 @@ class EditMemory:
         with self._lock:
             r = self._retrieve(query.reshape(1, -1), None if text is None else [text])
             row, top = int(r.rows[0]), int(r.top_rows[0])
-            exact = bool(r.exact[0]) if r.exact is not None else False
-            score, proto = float(r.scores[0]), float(r.prototype_scores[0])
             return Explanation(
                 fired=row >= 0,
                 edit_id=self.ids[row] if row >= 0 else None,
                 top_edit_id=self.ids[top] if top >= 0 else None,
-                score=score,
-                prototype_score=proto,
+                score=float(r.scores[0]),
+                prototype_score=float(r.prototype_scores[0]),
                 runner_up_score=float(r.runner_up[0]),
                 min_similarity=self.config.min_similarity,
                 request=self.requests[row] if row >= 0 else None,
                 min_margin=self.config.min_margin,
-                exact_match=exact,
+                exact_match=bool(r.exact[0]),
                 score_kind=self.config.score,
-                verified=float(r.verified[0]) if r.verified is not None else math.nan,
-                reason=self._reason(top, row, exact, score, proto,
-                                    float(r.verified[0]) if r.verified is not None else math.nan),
+                verified=float(r.verified[0]),
+                reason=self._reason(r),
             )
 
-    def _reason(self, top: int, row: int, exact: bool, score: float, proto: float, verified: float) -> str:
+    def _gates(self, score: torch.Tensor, proto: torch.Tensor, verified: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each gate the configuration sets, by name: passed [B] bool, for top-1 scores,
+        prototype scores and verifier probabilities [B] (what fires and what ``explain`` names)."""
+        cfg, gates = self.config, {}
+        if cfg.prototype_gate:
+            gates["prototype"] = score > proto
+        if cfg.verify_k > 0:
+            gates["min_verified"] = verified >= cfg.min_verified
+        if cfg.min_similarity is not None:
+            gates["min_similarity"] = score >= cfg.min_similarity
+        if cfg.min_margin is not None:
+            gates["min_margin"] = score - proto >= cfg.min_margin
+        return gates
+
+    def _reason(self, r: Retrieval) -> str:
+        """Why the single query of ``r`` fired, or which gates stopped it, in words."""
         cfg = self.config
+        row, top = int(r.rows[0]), int(r.top_rows[0])
+        score, proto, verified = float(r.scores[0]), float(r.prototype_scores[0]), float(r.verified[0])
         if top < 0:
             return "nothing fired: the memory is empty"
         name = f"edit {self.ids[top]!r}"
-        if exact:
+        if bool(r.exact[0]):
             return f"{name} fired: the question equals its prompt (case and spacing folded)"
-        checks = []
-        if cfg.prototype_gate:
-            checks.append((score > proto, f"score {score:.4f} does not beat the prototype's {proto:.4f}"))
-        if cfg.verify_k > 0:
-            checks.append((verified >= cfg.min_verified, f"verifier's probability {verified:.3f} (the best of the top "
-                                                        f"{cfg.verify_k}) is below min_verified {cfg.min_verified:.3f}"))
-        if cfg.min_similarity is not None:
-            checks.append((score >= cfg.min_similarity, f"score {score:.4f} is below min_similarity {cfg.min_similarity:.4f}"))
-        if cfg.min_margin is not None:
-            checks.append((score - proto >= cfg.min_margin, f"margin over the prototype {score - proto:.4f} is below "
-                                                             f"min_margin {cfg.min_margin:.4f}"))
-        failed = [why for ok, why in checks if not ok]
         if row >= 0:
             extra = f", verifier {verified:.3f}" if cfg.verify_k > 0 else ""
             return f"{name} fired: {cfg.score} score {score:.4f}, prototype {proto:.4f}{extra}, every gate passed"
+        why = {"prototype": f"score {score:.4f} does not beat the prototype's {proto:.4f}",
+               "min_verified": f"verifier's probability {verified:.3f} (the best of the top {cfg.verify_k}) is below "
+                               f"min_verified {cfg.min_verified:.3f}",
+               "min_similarity": f"score {score:.4f} is below min_similarity {cfg.min_similarity}",
+               "min_margin": f"margin over the prototype {score - proto:.4f} is below min_margin {cfg.min_margin}"}
+        failed = [why[gate] for gate, passed in self._gates(r.scores, r.prototype_scores, r.verified).items()
+                  if not bool(passed[0])]
         return f"nothing fired: the top-1 is {name}, but its " + "; and its ".join(failed)
 
     # ---- persistence ---------------------------------------------------------------------

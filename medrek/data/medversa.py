@@ -26,6 +26,7 @@ import torch
 
 from ..io import write_text
 from .loaders import MEDVERSA, DataError, _record
+from .records import fold_question
 
 __all__ = [
     "SPLITS",
@@ -103,11 +104,6 @@ class PoolAudit:
         )
 
 
-def _fold(text: str) -> str:
-    """Loose comparison form of a prompt: case-folded, whitespace collapsed."""
-    return re.sub(r"\s+", " ", text).strip().casefold()
-
-
 def audit_pool(pool: Sequence[dict[str, Any]], source: str = "<pool>") -> PoolAudit:
     """Check schema, empty targets, duplicates, target == ground truth and strict locality.
 
@@ -137,7 +133,7 @@ def audit_pool(pool: Sequence[dict[str, Any]], source: str = "<pool>") -> PoolAu
     for i, raw in valid:
         by_id[str(raw["id"])].append(i)
         exact[raw["prompt"]].append(i)
-        folded[_fold(raw["prompt"])].append(i)
+        folded[fold_question(raw["prompt"])].append(i)
     for rid, idx in by_id.items():
         for i in idx[1:]:
             add(Violation("duplicate-id", i, rid, f"id also used by record {idx[0]}"))
@@ -150,13 +146,13 @@ def audit_pool(pool: Sequence[dict[str, Any]], source: str = "<pool>") -> PoolAu
                               + (" up to case and spacing" if rule.startswith("case") else "")))
     for i, raw in valid:
         rid = str(raw["id"])
-        if _fold(raw["target_new"]) == _fold(raw["ground_truth"]):
+        if fold_question(raw["target_new"]) == fold_question(raw["ground_truth"]):
             add(Violation("target-equals-ground-truth", i, rid, f"target_new {raw['target_new']!r} equals ground_truth"))
         if raw["locality_prompt"] in exact:
             hit = exact[raw["locality_prompt"]][0]
             add(Violation("strict-locality", i, rid, f"locality_prompt equals the edit prompt of record {hit}"))
-        elif _fold(raw["locality_prompt"]) in folded:
-            hit = folded[_fold(raw["locality_prompt"])][0]
+        elif fold_question(raw["locality_prompt"]) in folded:
+            hit = folded[fold_question(raw["locality_prompt"])][0]
             add(Violation("case-strict-locality", i, rid,
                           f"locality_prompt equals the edit prompt of record {hit} up to case and spacing"))
     audit.violations.sort(key=lambda v: (v.index, v.rule))
@@ -275,7 +271,7 @@ def _matches(pool: Sequence[dict[str, Any]], rule: CrossFieldRule, comparison: s
         for i in (best >= threshold).nonzero()[:, 0].tolist():
             out.append((i, (sims[i] >= threshold).nonzero()[:, 0].tolist(), float(best[i])))
         return out
-    key = (lambda t: t) if comparison == "exact" else _fold
+    key = (lambda t: t) if comparison == "exact" else fold_question
     if rule.scope == "own":
         return [(i, [], 1.0) for i, r in enumerate(pool) if key(r[rule.field]) == key(r[rule.other])]
     index: dict[str, list[int]] = defaultdict(list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -57,3 +58,9 @@ def records_sha256(records: Sequence[EditRecord]) -> str:
         digest.update(json.dumps(asdict(record), sort_keys=True, default=str).encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def fold_question(text: str) -> str:
+    """Loose comparison form of a question: case-folded, whitespace collapsed and trimmed (what
+    the pool audit compares and what ``exact_match`` retrieval counts as the same question)."""
+    return re.sub(r"\s+", " ", text).strip().casefold()

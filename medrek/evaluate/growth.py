@@ -22,7 +22,9 @@ features takes seconds; :func:`editor_retrieval_rates` runs the same measurement
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -33,7 +35,7 @@ from ..data.records import EditRecord, records_sha256
 from ..memory import EditMemory, MemoryConfig
 
 __all__ = ["Neighbour", "load_neighbours", "load_locality_duplicates", "padded_memory", "RetrievalProbes", "retrieval_rates",
-           "vector_memory", "editor_retrieval_rates", "run_growth", "NEIGHBOURS_FILE"]
+           "probes_for", "vector_memory", "editor_retrieval_rates", "run_growth", "NEIGHBOURS_FILE"]
 
 NEIGHBOURS_FILE = Path(__file__).resolve().parent.parent / "data" / "medversa_test_neighbours.json"
 DUPLICATES_FILE = Path(__file__).resolve().parent.parent / "data" / "medversa_test_locality_duplicates.json"
@@ -117,11 +119,29 @@ class RetrievalProbes:
     locality_duplicate: torch.Tensor | None = None  # [n_loc] bool: asks the question of an edit in the memory
 
 
+def probes_for(evaluated: Sequence[EditRecord], stored: Sequence[EditRecord], embed,
+               neighbours: Sequence[Neighbour] = (), duplicates: Mapping[str, str] | None = None) -> RetrievalProbes:
+    """The :class:`RetrievalProbes` of ``evaluated`` against a memory holding ``stored`` in order
+    (the evaluated first, as :func:`padded_memory` puts them); ``embed(texts)`` gives query
+    vectors. Neighbours of edits not stored are left out; ``duplicates`` (see
+    :func:`load_locality_duplicates`) marks locality prompts whose twin edit is stored."""
+    row = {r.record_id: k for k, r in enumerate(stored)}
+    names = sorted({n for r in evaluated for n in r.locality})
+    loc = [(r, r.locality[n].prompt) for n in names for r in evaluated if n in r.locality]
+    kept = [n for n in neighbours if n.record_id in row]
+    prompts, rephrases = [r.prompt for r in evaluated], [r.rephrase for r in evaluated]
+    return RetrievalProbes(
+        torch.tensor([row[r.record_id] for r in evaluated]), embed(prompts), embed(rephrases),
+        embed([t for _, t in loc]), prompts, rephrases, [t for _, t in loc],
+        embed([n.prompt for n in kept]) if kept else None, [n.prompt for n in kept],
+        torch.tensor([row[n.record_id] for n in kept], dtype=torch.long) if kept else None,
+        torch.tensor([duplicates.get(r.record_id) in row for r, _ in loc]) if duplicates is not None else None)
+
+
 def vector_memory(config: MemoryConfig, keys: torch.Tensor, prototype: torch.Tensor,
                   prompts: Sequence[str], verify=None) -> EditMemory:
     """An :class:`EditMemory` of keys [N, d] with empty prompt tokens (retrieval only)."""
-    cfg = MemoryConfig(**{**config.__dict__, "n_tokens": 1, "lm_hidden": 1})
-    memory = EditMemory(cfg, prototype, verify)
+    memory = EditMemory(dataclasses.replace(config, n_tokens=1, lm_hidden=1), prototype, verify)
     ids = [f"row-{k}" for k in range(len(keys))]
     memory.add(ids, keys, torch.zeros(len(keys), 1, 1), [{"prompt": p} for p in prompts])
     return memory
@@ -134,8 +154,9 @@ def retrieval_rates(memory: EditMemory, probes: RetrievalProbes) -> dict[str, fl
         r = memory.retrieve(getattr(probes, kind), list(getattr(probes, f"{kind}_texts")))
         out[f"{kind}_own"] = float((r.rows == probes.own).float().mean())
         out[f"{kind}_top1_own"] = float((r.top_rows == probes.own).float().mean())
-        if kind == "prompt" and r.exact is not None:
-            out["prompt_exact"] = float(((r.rows == probes.own) | ~r.exact).float().mean()) if bool(r.exact.any()) else float("nan")
+        if kind == "prompt":  # of the prompts that are verbatim a stored prompt, those that fire their own edit
+            exact = r.exact
+            out["prompt_exact"] = float((r.rows[exact] == probes.own[exact]).float().mean()) if bool(exact.any()) else math.nan
     r = memory.retrieve(probes.locality, list(probes.locality_texts))
     out["locality_fires"] = float(r.fired.float().mean())
     if probes.locality_duplicate is not None:
@@ -160,17 +181,7 @@ def editor_retrieval_rates(editor, evaluated: Sequence[EditRecord], padding: Seq
     try:
         editor.memory = editor.new_memory()
         editor.edit([_request(r) for r in records])
-        row = {r.record_id: k for k, r in enumerate(records)}
-        own = torch.arange(len(evaluated))
-        names = sorted({n for r in evaluated for n in r.locality})
-        loc_texts = [r.locality[n].prompt for r in evaluated for n in names if n in r.locality]
-        kept = [n for n in neighbours if n.record_id in row]
-        q = editor.encoder.query
-        probes = RetrievalProbes(
-            own, q([r.prompt for r in evaluated]), q([r.rephrase for r in evaluated]), q(loc_texts),
-            [r.prompt for r in evaluated], [r.rephrase for r in evaluated], loc_texts,
-            q([n.prompt for n in kept]) if kept else None, [n.prompt for n in kept],
-            torch.tensor([row[n.record_id] for n in kept], dtype=torch.long) if kept else None)
+        probes = probes_for(evaluated, records, editor.encoder.query, neighbours)
         return retrieval_rates(editor.memory, probes)
     finally:
         editor.memory = saved

@@ -287,13 +287,11 @@ def plot_metric_vs_edits(results: pd.DataFrame, metrics: Sequence[str]) -> plt.F
 def plot_metric_vs_stored(results: pd.DataFrame, metrics: Sequence[str], per_record: pd.DataFrame | None = None,
                           seed: int = 0) -> plt.Figure:
     """Memory growth: metrics of the same evaluated edits against the number of edits stored
-    (log scale), one line per method; with ``per_record`` rows (a ``stored`` column), 95%
-    bootstrap intervals (``seed``) over requests."""
+    (log scale), one line per method; with ``per_record`` rows (``run_growth``'s, whose
+    ``eval_at`` is the number stored), 95% bootstrap intervals (``seed``) over requests."""
     bad = set(results["protocol"]) - {"growth"}
     if bad:
         raise ValueError(f"plot_metric_vs_stored takes growth results only, got protocol(s) {sorted(bad)}")
-    if per_record is not None:
-        per_record = per_record.assign(eval_at=per_record["stored"])
     return _metric_lines(results, metrics, "eval_at", "edits stored (log scale)",
                          ["dataset", "method", "metric", "eval_at"], "plot_metric_vs_stored", per_record, seed)
 

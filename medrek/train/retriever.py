@@ -27,11 +27,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data.records import EditRecord
+from ..data.records import EditRecord, fold_question
 from ..memory import EditMemory
 
 __all__ = ["RetrieverTrainConfig", "train_query_head", "retriever_losses", "calibrate_threshold",
-           "VerifierTrainConfig", "mine_pairs", "train_verifier", "RetrievalStageConfig", "fit_large_memory_retrieval",
+           "VerifierTrainConfig", "mine_pairs", "train_verifier", "RetrievalStageConfig", "fit_large_memory_retrieval", "calibrate_at_size",
            "stage_config"]
 
 
@@ -79,7 +79,7 @@ def train_query_head(head: torch.nn.Module, records: Sequence[EditRecord], featu
                      progress: bool = False) -> tuple[torch.nn.Module, dict]:
     """A copy of ``head`` trained on ``records`` (prompts and rephrases as queries, prompts as
     keys, locality prompts as negatives); ``features(texts)`` gives the frozen encoder features
-    [n, f]. Returns the head and a log (config, loss terms every 50 steps, seconds)."""
+    [n, f]. Returns the head and a log (config, loss terms every 50 steps)."""
     from tqdm.auto import tqdm
 
     config = config or RetrieverTrainConfig()
@@ -150,6 +150,23 @@ def calibrate_threshold(memory: EditMemory, queries: torch.Tensor, texts: Sequen
             "stored": len(memory), "queries": n, "false_fire_before": fired / n, "false_fire_after": after}
 
 
+@torch.no_grad()
+def calibrate_at_size(config, embed: Callable[[list[str]], torch.Tensor], prototype: torch.Tensor,
+                      calibration: Sequence[EditRecord], padding: Sequence[EditRecord], stored: int, gate: str,
+                      max_false_fire: float, verify=None) -> dict:
+    """:func:`calibrate_threshold` with ``stored`` edits in a retrieval-only memory of
+    ``config`` (``calibration`` first, then ``padding``; keys ``embed(prompts)``), the
+    queries being ``calibration``'s locality prompts. The result also counts them
+    (``locality_prompts``)."""
+    from ..evaluate.growth import padded_memory, vector_memory
+
+    records = padded_memory(calibration, padding, stored)
+    prompts = [r.prompt for r in records]
+    memory = vector_memory(config, embed(prompts), prototype, prompts, verify)
+    loc = [p.prompt for r in calibration for p in r.locality.values()]
+    return {**calibrate_threshold(memory, embed(loc), loc, gate, max_false_fire), "locality_prompts": len(loc)}
+
+
 # ---------------------------------------------------------------------------------------------
 # the verifier: a cross-encoder over (question, stored prompt), trained on mined pairs
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +217,6 @@ def mine_pairs(records: Sequence[EditRecord], embed: Callable[[list[str]], torch
     if loc:
         add(loc, (F.normalize(embed(loc), dim=-1) @ keys.T).argmax(1), 0.0)
     # a locality or neighbour text identical to a stored prompt is the same question: not a negative
-    from ..memory import fold_question
     keep = [k for k in range(len(labels)) if labels[k] == 1.0 or fold_question(questions[k]) != fold_question(stored[k])]
     return [questions[k] for k in keep], [stored[k] for k in keep], torch.tensor([labels[k] for k in keep])
 
@@ -261,15 +277,11 @@ class RetrievalStageConfig:
     verifier_layers: int = 2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.verify_k, int) or self.verify_k < 0:
-            raise ValueError(f"retrieval_stage.verify_k must be an integer >= 0, got {self.verify_k!r}")
+        from ..config import check_fields
+
+        check_fields(self, RetrievalStageConfig, "retrieval_stage")  # types and ranges, by field name
         if not 0 <= self.max_false_fire < 1:
             raise ValueError(f"retrieval_stage.max_false_fire must be in [0, 1), got {self.max_false_fire!r}")
-        for name in ("stored", "calibration_edits", "retriever_steps", "retriever_batch_size", "verifier_epochs",
-                     "verifier_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"retrieval_stage.{name} must be an integer >= 1, got {value!r}")
 
 
 def fit_large_memory_retrieval(editor, train: Sequence[EditRecord], calibration: Sequence[EditRecord],
@@ -286,7 +298,6 @@ def fit_large_memory_retrieval(editor, train: Sequence[EditRecord], calibration:
        ``stored`` edits stored: ``calibration`` first, then ``padding``.
 
     ``calibration`` and ``padding`` must be held out from every evaluation. Returns a log."""
-    from ..evaluate.growth import padded_memory, vector_memory
     from ..models.verifier import QuestionVerifier, VerifierConfig
 
     config = config or RetrievalStageConfig()
@@ -312,18 +323,15 @@ def fit_large_memory_retrieval(editor, train: Sequence[EditRecord], calibration:
                                       VerifierTrainConfig(epochs=config.verifier_epochs), seed, progress)
         editor.verifier.round_to_half()
     calibration = list(calibration)[: config.calibration_edits]
-    records = padded_memory(calibration, padding, config.stored)
     with torch.no_grad():
-        memory = vector_memory(editor.new_memory().config, encoder.query([r.prompt for r in records]),
-                               encoder.prototype_key(), [r.prompt for r in records], editor._verify())
-        loc = [p.prompt for r in calibration for p in r.locality.values()]
-        gate = "verified" if config.verify_k else "similarity"
-        result = calibrate_threshold(memory, encoder.query(loc), loc, gate, config.max_false_fire)
+        result = calibrate_at_size(editor.new_memory().config, encoder.query, encoder.prototype_key(), calibration,
+                                   padding, config.stored, "verified" if config.verify_k else "similarity",
+                                   config.max_false_fire, editor._verify())
     if result["threshold"] is not None:
         setattr(cfg, result["setting"], result["threshold"])
     editor.memory = editor.new_memory()
     return {"stage": asdict(config), "seed": seed, "retriever": retriever_log, "verifier": verifier_log,
-            "calibration": {**result, "calibration_edits": len(calibration), "locality_prompts": len(loc)}}
+            "calibration": {**result, "calibration_edits": len(calibration)}}
 
 
 def stage_config(settings: Mapping[str, Any], where: str) -> RetrievalStageConfig:
