@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,12 +32,12 @@ from .io import CheckpointError, atomic_path, file_sha256, read_checkpoint_meta,
 from .memory import SCORES, EditMemory, Explanation, Lookup, MemoryConfig, Retrieval
 from .methods import edit_text, get_preset
 from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig, TokenStates
-from .models.prompt import PromptEncoder, PromptEncoderConfig
+from .models.prompt import EditTextCutWarning, PromptEncoder, PromptEncoderConfig
 from .models.verifier import QuestionVerifier, VerifierConfig
 from .models.registry import load_causal_lm, load_encoder
 
-__all__ = ["EditorConfig", "EditedModel", "Editor", "PairBatch", "RowPrompts", "ScoreResult", "auto_edit_id",
-           "encode_pairs", "score_pairs"]
+__all__ = ["EditorConfig", "EditedModel", "Editor", "EditTextCutWarning", "PairBatch", "RowPrompts", "ScoreResult",
+           "auto_edit_id", "encode_pairs", "pad_prompts", "score_pairs"]
 
 FORMAT = "medrek.Editor/1"
 
@@ -121,7 +122,7 @@ class EditedModel(nn.Module):
     Layout of a batch with prompts: ``[T prompt slots][the tokenised text]``; a row without a
     prompt has its T slots masked out, and so has every all-zero slot (a prompt encoder's
     padding); position ids follow the attention mask, so masked slots (and left padding) are
-    invisible. A batch where no row has a prompt is passed to
+    invisible, and slots that are padding in every row of the batch are not computed at all. A batch where no row has a prompt is passed to
     the LM untouched, so its logits are exactly the base model's.
 
     With ``chat_template`` every question is rendered as one user turn of the tokenizer's chat
@@ -167,15 +168,28 @@ class EditedModel(nn.Module):
         """-> inputs_embeds [B, T + L, H], attention mask [B, T + L]."""
         embeds = self.lm.get_input_embeddings()(input_ids)  # [B, L, H]
         prompts = prompts.to(embeds.dtype) * fired[:, None, None].to(embeds.dtype)
-        slot_mask = prompts.ne(0).any(-1).to(attention_mask.dtype)  # [B, T]: all-zero slots are padding
-        return torch.cat([prompts, embeds], 1), torch.cat([slot_mask, attention_mask], 1)
+        slot_mask = prompts.ne(0).any(-1)  # [B, T]: all-zero slots are padding
+        used = slot_mask.any(0)  # [T]: slots that are padding in every row are dropped, not computed
+        if not bool(used.all()):
+            prompts, slot_mask = prompts[:, used], slot_mask[:, used]
+        return torch.cat([prompts, embeds], 1), torch.cat([slot_mask.to(attention_mask.dtype), attention_mask], 1)
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """The LM's token ids of ``texts`` (no special tokens)."""
+        return [list(row) for row in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], max_tokens: int) -> TokenStates:
         """The LM's input embeddings of ``texts`` (no special tokens), left-padded, each cut to its
         last ``max_tokens`` tokens: states [B, n, H], mask [B, n]."""
-        ids = [row[-max_tokens:] for row in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-        n = max(1, max(len(r) for r in ids))
+        return self.embed_ids([row[-max_tokens:] for row in self.token_ids(texts)])
+
+    @torch.no_grad()
+    def embed_ids(self, rows: Sequence[Sequence[int] | torch.Tensor]) -> TokenStates:
+        """The LM's input embeddings of token id ``rows``, left-padded to the longest:
+        states [B, n, H], mask [B, n]."""
+        ids = [r.tolist() if isinstance(r, torch.Tensor) else list(r) for r in rows]
+        n = max(1, max((len(r) for r in ids), default=1))
         input_ids = torch.full((len(ids), n), self.tokenizer.pad_token_id or 0, dtype=torch.long)
         mask = torch.zeros(len(ids), n, dtype=torch.long)
         for i, row in enumerate(ids):
@@ -220,7 +234,7 @@ class EditedModel(nn.Module):
         else:
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         inputs["use_cache"] = False  # one full pass: a KV cache would only cost copies
-        return inputs, prompts.shape[1] if use else 0
+        return inputs, (inputs["attention_mask"].shape[1] - input_ids.shape[1]) if use else 0
 
     @torch.no_grad()
     def target_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: torch.Tensor | None,
@@ -356,6 +370,13 @@ class RowPrompts:
     margins: torch.Tensor | None = None  # [B]
 
 
+def pad_prompts(prompts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Prompt tensors [B_i, T_i, H] as one [sum B_i, max T_i, H], each left-padded with all-zero
+    (masked) slots, as prompts of different lengths are batched."""
+    width = max(p.shape[1] for p in prompts)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0, width - p.shape[1], 0)) for p in prompts])
+
+
 @torch.no_grad()
 def score_pairs(model: "EditedModel", prompts: Sequence[str], targets: Sequence[str],
                 retrieve: Callable[[list[int]], RowPrompts] | None = None, batch_size: int = 32,
@@ -470,9 +491,21 @@ class Editor(nn.Module):
         c = self.config
         cfg = MemoryConfig(c.key_dim, c.n_tokens, self.model.hidden_size, c.index, c.min_similarity, c.min_margin,
                            score=c.score, exact_match=c.exact_match, prototype_gate=c.prototype_gate,
-                           verify_k=c.verify_k, min_verified=c.min_verified)
+                           verify_k=c.verify_k, min_verified=c.min_verified,
+                           prompt_store="token_ids" if self.stores_token_ids else "vectors")
         with torch.no_grad():
-            return EditMemory(cfg, self.encoder.prototype_key(), self._verify())
+            return EditMemory(cfg, self.encoder.prototype_key(), self._verify(), self.build_prompts)
+
+    @property
+    def stores_token_ids(self) -> bool:
+        """Whether the prompt is a function of the edit's LM tokens alone, so that the memory
+        stores those ids (a few hundred bytes) and builds prompts when an edit fires."""
+        return self.prompt_encoder.needs_lm_tokens
+
+    @property
+    def text_slots(self) -> int | None:
+        """How many LM tokens of an edit text the prompt carries (None: it reads a vector)."""
+        return self.prompt_encoder.config.text_slots if self.prompt_encoder.needs_lm_tokens else None
 
     def _verify(self):
         return self.verifier.probabilities if self.verifier is not None else None
@@ -491,6 +524,24 @@ class Editor(nn.Module):
         else:
             values = self.encoder.knowledge(texts)
         return self.edit_keys(prompts, targets, values), self.prompt_encoder(values, tokens)
+
+    def edit_token_rows(self, prompts: Sequence[str], targets: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+        """The LM token ids of each edit text the prompt carries (its last ``text_slots``) and
+        how many of its first tokens did not fit (0 for presets that read a vector)."""
+        if self.text_slots is None:
+            return [[] for _ in prompts], [0] * len(prompts)
+        rows = self.model.token_ids([edit_text(p, t) for p, t in zip(prompts, targets)])
+        slots = self.text_slots
+        return [r[-slots:] for r in rows], [max(0, len(r) - slots) for r in rows]
+
+    def edit_tokens_dropped(self, prompts: Sequence[str], targets: Sequence[str]) -> list[int]:
+        """Per edit, how many LM tokens of its text the prompt cannot carry (raise n_tokens to carry them)."""
+        return self.edit_token_rows(prompts, targets)[1]
+
+    @torch.no_grad()
+    def build_prompts(self, rows: Sequence[Sequence[int] | torch.Tensor]) -> torch.Tensor:
+        """Prompt tokens [B, T, H] of edits given by their LM token ids (``token_ids`` memories)."""
+        return self.prompt_encoder(None, self.model.embed_ids(rows))
 
     def edit_keys(self, prompts: Sequence[str], targets: Sequence[str],
                   values: torch.Tensor | None = None) -> torch.Tensor:
@@ -516,13 +567,29 @@ class Editor(nn.Module):
         if repeated or stored:
             raise ValueError(f"edit id(s) {'repeated in this call' if repeated else 'already stored'}: "
                              f"{(repeated or stored)[:5]}; nothing was stored")
-        keys, prompts = [], []  # every chunk is encoded before anything is stored: all or nothing
+        keys, prompts, token_rows, dropped = [], [], [], []  # everything is encoded before anything is stored
         for part in tqdm(list(_batches(len(reqs), batch_size)), desc="editing", disable=not progress):
-            k, p = self.encode_edits([r["prompt"] for r in reqs[part]], [r["target_new"] for r in reqs[part]])
-            keys.append(k)
-            prompts.append(p)
+            p_texts, t_texts = [r["prompt"] for r in reqs[part]], [r["target_new"] for r in reqs[part]]
+            if self.memory.config.prompt_store == "token_ids":
+                rows, cut = self.edit_token_rows(p_texts, t_texts)
+                keys.append(self.edit_keys(p_texts, t_texts))
+                token_rows += rows
+                dropped += cut
+            else:
+                k, p = self.encode_edits(p_texts, t_texts)
+                keys.append(k)
+                prompts.append(p)
+                dropped += self.edit_tokens_dropped(p_texts, t_texts)
+        if any(dropped):
+            cut_ids = [i for i, d in zip(ids, dropped) if d]
+            warnings.warn(f"{len(cut_ids)} of {len(ids)} edit texts are longer than the {self.text_slots} LM-token slots "
+                          f"of this editor's prompt (n_tokens {self.config.n_tokens} minus its frame) and lost their first "
+                          f"{max(dropped)} tokens at most (e.g. {cut_ids[:3]}); Editor.edit_tokens_dropped counts them "
+                          "per edit. Load the editor with a larger n_tokens to carry them whole", EditTextCutWarning,
+                          stacklevel=3)  # the caller of edit (under torch.no_grad's wrapper)
         if reqs:
-            self.memory.add(ids, torch.cat(keys), torch.cat(prompts), reqs)
+            self.memory.add(ids, torch.cat(keys), token_rows if self.memory.config.prompt_store == "token_ids"
+                            else torch.cat(prompts), reqs)
         return ids
 
     def remove(self, ids: str | Sequence[str]) -> None:
@@ -687,6 +754,8 @@ class Editor(nn.Module):
         """``memory`` if this editor made it (same fingerprint and gate settings), else an error
         naming what differs: keys and prompts from another editor would retrieve wrongly."""
         own = asdict(self.new_memory().config)
+        if memory.config.prompt_store == "vectors":  # saved before token-id memories: its stored prompts still serve
+            own["prompt_store"] = "vectors"
         diff = {k: (v, own.get(k)) for k, v in asdict(memory.config).items() if own.get(k) != v}
         if diff:
             details = ", ".join(f"{k}: memory {a!r} vs editor {b!r}" for k, (a, b) in sorted(diff.items()))
@@ -696,4 +765,5 @@ class Editor(nn.Module):
             raise CheckpointError(f"{source}: memory was made by another editor (fingerprint {str(memory.owner)[:12]} "
                                   f"vs this editor's {own_fingerprint[:12]}); its keys and prompts do not fit")
         memory.verify = self._verify()
+        memory.build_prompts = self.build_prompts
         return memory

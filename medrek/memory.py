@@ -1,7 +1,12 @@
 """EditMemory: stored edits, a FAISS inner-product index and the prototype-gated top-1 rule.
 
-Each edit is stored as an id, its request, a key [d] and its prompt tokens [T, H] (computed once
-at insertion). For a query q the score of a key is ``q . key / sqrt(d)`` (``score="dot"``, the
+Each edit is stored as an id, its request, a key [d] and what makes its prompt: the prompt
+tokens [T, H] themselves (``prompt_store="vectors"``, computed once at insertion), or, for prompt
+encoders whose prompt is a function of the edit's LM tokens (``medrek-lm-embedding``), those
+token ids alone (``prompt_store="token_ids"``: a few hundred bytes instead of T x H floats); the
+editor's ``build_prompts`` then makes the prompts of the rows that fired, at lookup time, each
+as long as its own edit. With the exact ``flat`` index the keys are held once, as a tensor
+searched by one matrix product; ``hnsw`` and ``ivf`` keep a FAISS index next to them. For a query q the score of a key is ``q . key / sqrt(d)`` (``score="dot"``, the
 paper's) or the cosine ``q . key / (|q| |key|)`` (``score="cosine"``: a key's norm cannot let it
 outrank a question's own key, and one threshold means the same for every key). The top-1 edit
 is used only if its score beats the prototype's score (computed the same way) and, when set, a
@@ -46,10 +51,12 @@ from .data.records import fold_question
 from .io import CheckpointError, atomic_folder, file_sha256, read_checkpoint_meta, read_tensors, recover_folder, write_text
 
 __all__ = ["MemoryConfig", "Retrieval", "Lookup", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS",
-           "SCORES", "build_index", "search", "fold_question"]
+           "SCORES", "PROMPT_STORES", "TokenRows", "build_index", "search", "fold_question"]
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 SCORES = ("dot", "cosine")
+PROMPT_STORES = ("vectors", "token_ids")
+SEARCH_CHUNK = 64  # queries per matrix product in exact search: [64, N] scores at a time
 FORMAT = "medrek.EditMemory/2"  # a folder: memory.json (config, ids, requests, checksum) + memory.safetensors
 
 
@@ -72,8 +79,11 @@ class MemoryConfig:
     prototype_gate: bool = True  # fire only if the top-1 beats the prototype's score
     verify_k: int = 0  # 0: no second look; else the verifier reads the top verify_k candidates
     min_verified: float = 0.5  # the verifier's probability a candidate needs to fire
+    prompt_store: str = "vectors"  # vectors: prompt tokens [T, H] per edit | token_ids: the edit's LM token ids
 
     def __post_init__(self) -> None:
+        if self.prompt_store not in PROMPT_STORES:
+            raise ValueError(f"unknown prompt_store {self.prompt_store!r}; choose one of {PROMPT_STORES}")
         if self.index not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {self.index!r}; choose one of {INDEX_KINDS}")
         if self.score not in SCORES:
@@ -85,6 +95,44 @@ class MemoryConfig:
 
 
 Verify = Callable[[Sequence[str], Sequence[str]], torch.Tensor]  # (questions, stored prompts) -> P(same) [B]
+BuildPrompts = Callable[[Sequence[torch.Tensor]], torch.Tensor]  # B edits' token ids -> prompt tokens [B, T, H]
+
+
+@dataclass
+class TokenRows:
+    """Ragged rows of token ids: row i is ``ids[offsets[i]:offsets[i + 1]]`` (int32 [M], int64 [N + 1])."""
+
+    ids: torch.Tensor
+    offsets: torch.Tensor
+
+    @classmethod
+    def empty(cls) -> "TokenRows":
+        return cls(torch.zeros(0, dtype=torch.int32), torch.zeros(1, dtype=torch.long))
+
+    @classmethod
+    def from_lists(cls, rows: Sequence[Sequence[int]]) -> "TokenRows":
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        flat = torch.tensor([t for r in rows for t in r], dtype=torch.int32)
+        return cls(flat, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row(self, i: int) -> torch.Tensor:
+        return self.ids[int(self.offsets[i]): int(self.offsets[i + 1])]
+
+    def cat(self, other: "TokenRows") -> "TokenRows":
+        return TokenRows(torch.cat([self.ids, other.ids]), torch.cat([self.offsets, other.offsets[1:] + self.offsets[-1]]))
+
+    def select(self, rows: Sequence[int]) -> "TokenRows":
+        return TokenRows.from_lists([self.row(i).tolist() for i in rows]) if len(rows) else TokenRows.empty()
+
+    def check(self, where: str) -> None:
+        """Offsets start at 0, never decrease and end at the number of ids."""
+        o = self.offsets
+        if o.dim() != 1 or len(o) < 1 or int(o[0]) != 0 or int(o[-1]) != len(self.ids) or bool((o[1:] < o[:-1]).any()):
+            raise CheckpointError(f"{where}: token offsets do not describe the stored token ids")
 
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
@@ -200,9 +248,11 @@ class Explanation:
 
 
 class EditMemory:
-    """Stored edits with a FAISS index; keys and prompts are kept as tensors too (for save/remove)."""
+    """Stored edits: ids, requests, keys [N, d] and prompts (vectors or token ids), searched
+    exactly by one matrix product (``flat``) or through a FAISS index (``hnsw``, ``ivf``)."""
 
-    def __init__(self, config: MemoryConfig, prototype_key: torch.Tensor, verify: Verify | None = None) -> None:
+    def __init__(self, config: MemoryConfig, prototype_key: torch.Tensor, verify: Verify | None = None,
+                 build_prompts: BuildPrompts | None = None) -> None:
         if prototype_key.shape != (config.key_dim,):
             raise CheckpointError(f"prototype key has shape {tuple(prototype_key.shape)}, expected ({config.key_dim},)")
         self.config = config
@@ -210,13 +260,16 @@ class EditMemory:
         self.ids: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self.keys = torch.zeros(0, config.key_dim)
-        self.prompts = torch.zeros(0, config.n_tokens, config.lm_hidden)
+        self.prompts = torch.zeros(0, config.n_tokens, config.lm_hidden)  # prompt_store "vectors"
+        self.token_rows = TokenRows.empty()  # prompt_store "token_ids"
         self._rows: dict[str, int] = {}
         self._by_prompt: dict[str, int] = {}  # folded prompt -> newest row with it (exact_match)
+        self._unit = self.keys  # what exact search multiplies: the keys, or unit keys for the cosine score
         self._index = self._new_index()
         self._lock = threading.RLock()  # around every mutation and every lookup
         self.owner: str | None = None  # fingerprint of the editor whose encoders made the keys and prompts
         self.verify = verify  # the second look of verify_k > 0 (not saved: it belongs to the editor)
+        self.build_prompts = build_prompts  # token ids -> prompts, for prompt_store "token_ids" (the editor's)
 
     # ---- bookkeeping ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -230,8 +283,26 @@ class EditMemory:
         with self._lock:
             return [i for i in map(str, ids) if i in self._rows]
 
-    def _new_index(self) -> faiss.Index:
+    @property
+    def _token_store(self) -> bool:
+        return self.config.prompt_store == "token_ids"
+
+    def _new_index(self) -> faiss.Index | None:
+        """None for ``flat``: exact search multiplies the stored keys directly (one copy of them)."""
+        if self.config.index == "flat":
+            return None
         return build_index(self.config, np.zeros((0, self.config.key_dim), dtype=np.float32))
+
+    def nbytes(self) -> int:
+        """Bytes of the stored keys, prompts or token ids and search structures (not the requests)."""
+        total = self.keys.numel() * self.keys.element_size()
+        if self._unit is not self.keys:
+            total += self._unit.numel() * self._unit.element_size()
+        total += self.prompts.numel() * self.prompts.element_size()
+        total += self.token_rows.ids.numel() * 4 + self.token_rows.offsets.numel() * 8
+        if self._index is not None:
+            total += faiss.serialize_index(self._index).nbytes
+        return total
 
     def _index_rows(self, keys: torch.Tensor) -> np.ndarray:
         """What the index holds for keys [N, d]: the keys, or unit keys for the cosine score."""
@@ -241,24 +312,36 @@ class EditMemory:
     def _rebuild(self) -> None:
         """Rebuild the index and the folded-prompt table from ``self.keys`` and ``self.requests``
         (after removal or loading; IVF also retrains here)."""
-        self._index = build_index(self.config, self._index_rows(self.keys))
+        self._unit = unit_rows(self.keys) if self.config.score == "cosine" else self.keys
+        if self.config.index != "flat":
+            self._index = build_index(self.config, self._index_rows(self.keys))
         self._by_prompt = {}
-        for row, request in enumerate(self.requests):
-            self._by_prompt[fold_question(str(request.get("prompt", "")))] = row  # the newest edit wins
+        if self.config.exact_match:
+            for row, request in enumerate(self.requests):
+                self._by_prompt[fold_question(str(request.get("prompt", "")))] = row  # the newest edit wins
 
     # ---- editing -------------------------------------------------------------------------
-    def add(self, ids: Sequence[str], keys: torch.Tensor, prompts: torch.Tensor,
+    def add(self, ids: Sequence[str], keys: torch.Tensor, prompts: torch.Tensor | TokenRows | Sequence[Sequence[int]],
             requests: Sequence[dict[str, Any]]) -> None:
-        """Add edits: keys [N, d], prompts [N, T, H]. Ids must be new."""
+        """Add edits: keys [N, d] and prompts [N, T, H] (``vectors``) or the N edits' token ids
+        (``token_ids``: a :class:`TokenRows` or N lists). Ids must be new."""
         ids = [str(i) for i in ids]
         n, cfg = len(ids), self.config
-        if keys.shape != (n, cfg.key_dim) or prompts.shape != (n, cfg.n_tokens, cfg.lm_hidden):
+        if self._token_store:
+            prompts = prompts if isinstance(prompts, TokenRows) else TokenRows.from_lists(prompts)
+            if keys.shape != (n, cfg.key_dim) or len(prompts) != n:
+                raise ValueError(f"expected keys [{n}, {cfg.key_dim}] and {n} rows of token ids, "
+                                 f"got {tuple(keys.shape)} and {len(prompts)} rows")
+        elif not isinstance(prompts, torch.Tensor) or keys.shape != (n, cfg.key_dim) or \
+                prompts.shape != (n, cfg.n_tokens, cfg.lm_hidden):
+            shape = tuple(prompts.shape) if isinstance(prompts, torch.Tensor) else type(prompts).__name__
             raise ValueError(f"expected keys [{n}, {cfg.key_dim}] and prompts [{n}, {cfg.n_tokens}, "
-                             f"{cfg.lm_hidden}], got {tuple(keys.shape)} and {tuple(prompts.shape)}")
+                             f"{cfg.lm_hidden}], got {tuple(keys.shape)} and {shape}")
+        else:
+            prompts = prompts.detach().float().cpu()
         if len(requests) != n:
             raise ValueError(f"{n} ids but {len(requests)} requests")
         keys = keys.detach().float().cpu()
-        prompts = prompts.detach().float().cpu()
         with self._lock:
             clash = {i for i, c in Counter(ids).items() if c > 1 or i in self._rows}
             if clash:
@@ -268,12 +351,17 @@ class EditMemory:
             self.requests += [dict(r) for r in requests]
             first = len(self.keys)
             self.keys = torch.cat([self.keys, keys])
-            self.prompts = torch.cat([self.prompts, prompts])
-            for row, request in enumerate(requests, start=first):
-                self._by_prompt[fold_question(str(request.get("prompt", "")))] = row
+            self._unit = torch.cat([self._unit, unit_rows(keys)]) if self.config.score == "cosine" else self.keys
+            if self._token_store:
+                self.token_rows = self.token_rows.cat(prompts)
+            else:
+                self.prompts = torch.cat([self.prompts, prompts])
+            if self.config.exact_match:
+                for row, request in enumerate(requests, start=first):
+                    self._by_prompt[fold_question(str(request.get("prompt", "")))] = row
             if self.config.index == "ivf":
                 self._rebuild()
-            else:
+            elif self._index is not None:
                 self._index.add(self._index_rows(keys))
 
     def remove(self, ids: Sequence[str]) -> None:
@@ -289,7 +377,10 @@ class EditMemory:
             self._rows = {i: r for r, i in enumerate(self.ids)}
             self.requests = [self.requests[r] for r in keep]
             self.keys = self.keys[keep]
-            self.prompts = self.prompts[keep]
+            if self._token_store:
+                self.token_rows = self.token_rows.select(keep)
+            else:
+                self.prompts = self.prompts[keep]
             self._rebuild()
 
     def clear(self) -> None:
@@ -318,6 +409,15 @@ class EditMemory:
             raise ValueError(f"{b} query vectors but {len(texts)} texts")
         return torch.tensor([self._by_prompt.get(fold_question(t), -1) for t in texts], dtype=torch.long)
 
+    def _top_k(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` raw scores [B, k] and rows [B, k] of queries ``q`` [B, d]: exact (one
+        matrix product per chunk of queries) for ``flat``, else through the FAISS index."""
+        if self._index is not None:
+            sims, rows = search(self._index, q.numpy(), k)
+            return torch.from_numpy(sims), torch.from_numpy(rows).long()
+        parts = [(q[s: s + SEARCH_CHUNK] @ self._unit.T).topk(k, dim=1) for s in range(0, len(q), SEARCH_CHUNK)]
+        return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
+
     def _retrieve(self, queries: torch.Tensor, texts: Sequence[str] | None = None) -> Retrieval:
         q = self._query_rows(queries)
         scale = self._scale()
@@ -336,9 +436,8 @@ class EditMemory:
             raise ValueError("this memory verifies its top candidates (verify_k > 0): it needs the editor's verifier "
                              "and the query texts (use Editor.retrieve / lookup, or pass texts and set memory.verify)")
         k = min(max(2, self.config.verify_k), len(self))
-        sims, rows = search(self._index, q.numpy(), k)  # [B, k]
-        sims = torch.from_numpy(sims) * scale
-        rows = torch.from_numpy(rows).long()
+        sims, rows = self._top_k(q, k)  # [B, k]
+        sims = sims * scale
         pick = torch.zeros(b, dtype=torch.long)
         verified = torch.full((b,), math.nan)
         if verifying:
@@ -357,8 +456,7 @@ class EditMemory:
         exact_rows = self._exact_rows(texts, b)
         exact = exact_rows >= 0
         if bool(exact.any()):  # the asked question is a stored prompt: that edit, whatever the scores
-            keys = self.keys[exact_rows[exact]]
-            keys = unit_rows(keys) if self.config.score == "cosine" else keys
+            keys = self._unit[exact_rows[exact]]
             top[exact] = (q[exact] * keys).sum(-1) * scale
             top_rows[exact] = exact_rows[exact]
             verified = verified.masked_fill(exact, math.nan)  # not the verifier's pick: not verified
@@ -378,12 +476,40 @@ class EditMemory:
 
     def prompts_for(self, retrieval: Retrieval) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt tokens [B, T, H] (zeros where nothing fired) and the fired mask [B]; the
-        retrieval must come from this memory's current state (see :meth:`lookup`)."""
+        retrieval must come from this memory's current state (see :meth:`lookup`). With
+        ``token_ids`` the prompts of the edits that fired are built now, each edit once; T is
+        then the longest of them (shorter ones are left-padded with zero slots, masked)."""
         fired = retrieval.fired
         rows = retrieval.rows.clamp_min(0)
+        if self._token_store:
+            return self._built_prompts(retrieval.rows), fired
         if len(self) == 0:
             return torch.zeros(len(rows), self.config.n_tokens, self.config.lm_hidden), fired
         return self.prompts[rows] * fired[:, None, None], fired
+
+    def stored_prompts(self, rows: Sequence[int]) -> torch.Tensor:
+        """The prompt tokens [N, T, H] of stored ``rows`` (built from their token ids with
+        ``token_ids``; shorter edits left-padded with zero slots)."""
+        with self._lock:
+            if self._token_store:
+                return self._built_prompts(torch.tensor(list(rows), dtype=torch.long))
+            return self.prompts[list(rows)]
+
+    def _built_prompts(self, rows: torch.Tensor) -> torch.Tensor:
+        b, hidden = len(rows), self.config.lm_hidden
+        unique = sorted({int(r) for r in rows.tolist() if r >= 0})
+        if not unique:
+            return torch.zeros(b, 0, hidden)
+        if self.build_prompts is None:
+            raise ValueError("this memory stores token ids (prompt_store='token_ids'): it needs the editor's "
+                             "build_prompts to make prompts (use Editor.lookup, or set memory.build_prompts)")
+        built = self.build_prompts([self.token_rows.row(r).long() for r in unique]).detach().float().cpu()  # [U, T, H]
+        out = torch.zeros(b, built.shape[1], hidden)
+        where = {r: u for u, r in enumerate(unique)}
+        for i, r in enumerate(rows.tolist()):
+            if r >= 0:
+                out[i] = built[where[r]]
+        return out
 
     def explain(self, query: torch.Tensor, text: str | None = None) -> Explanation:
         """Explain retrieval for one query vector [d] and its ``text`` (``Editor.explain`` takes
@@ -446,13 +572,17 @@ class EditMemory:
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the folder ``path``: ``memory.json`` (config, ids, requests, owner and the sha256
-        of ``memory.safetensors``) and ``memory.safetensors`` (keys, prompts, prototype). Both
+        of ``memory.safetensors``) and ``memory.safetensors`` (keys, prompts or token ids and
+        offsets, prototype). Both
         are written into a temporary folder that replaces ``path`` by renames, so a crash or an
         error leaves the previous memory whole; values JSON cannot hold are refused first."""
         path = Path(path)
         with self._lock:
-            tensors = {"keys": self.keys.contiguous(), "prompts": self.prompts.contiguous(),
-                       "prototype_key": self.prototype_key.contiguous()}
+            tensors = {"keys": self.keys.contiguous(), "prototype_key": self.prototype_key.contiguous()}
+            if self._token_store:
+                tensors.update(token_ids=self.token_rows.ids.contiguous(), token_offsets=self.token_rows.offsets.contiguous())
+            else:
+                tensors["prompts"] = self.prompts.contiguous()
             meta = {"format": FORMAT, "config": asdict(self.config), "ids": list(self.ids),
                     "requests": [dict(r) for r in self.requests], "owner": self.owner}
         try:
@@ -488,11 +618,25 @@ class EditMemory:
         tensors = read_tensors(tensor_path)
         memory = cls(config, tensors["prototype_key"])
         n = len(meta["ids"])
-        if tensors["keys"].shape != (n, config.key_dim) or tensors["prompts"].shape != (n, config.n_tokens, config.lm_hidden):
+        if config.prompt_store == "token_ids":
+            names = ("keys", "token_ids", "token_offsets")
+            shapes_ok = tensors.get("token_offsets", torch.zeros(0)).shape == (n + 1,)
+        else:
+            names = ("keys", "prompts")
+            shapes_ok = tensors.get("prompts", torch.zeros(0)).shape == (n, config.n_tokens, config.lm_hidden)
+        missing = [name for name in names if name not in tensors]
+        if missing:
+            raise CheckpointError(f"{tensor_path}: tensor(s) {missing} missing for prompt_store {config.prompt_store!r}")
+        if tensors["keys"].shape != (n, config.key_dim) or not shapes_ok:
             raise CheckpointError(f"{tensor_path}: tensor shapes do not match {meta_path}")
         memory.ids, memory.requests = list(meta["ids"]), list(meta["requests"])
         memory._rows = {i: r for r, i in enumerate(memory.ids)}
-        memory.keys, memory.prompts = tensors["keys"], tensors["prompts"]
+        memory.keys = tensors["keys"]
+        if config.prompt_store == "token_ids":
+            memory.token_rows = TokenRows(tensors["token_ids"].to(torch.int32), tensors["token_offsets"].long())
+            memory.token_rows.check(str(tensor_path))
+        else:
+            memory.prompts = tensors["prompts"]
         memory.owner = meta.get("owner")
         memory._rebuild()
         return memory

@@ -73,14 +73,17 @@ def test_lm_embedding_prompt_starts_as_the_edit_text_in_a_frame(make_editor):
     _, prompts = editor.encode_edits(["ab"], ["xy"])  # "ab xy": 5 characters, 5 tokens
     table = editor.model.lm.get_input_embeddings()
     ids = editor.model.tokenizer("ab xy", add_special_tokens=False)["input_ids"]
-    assert prompts.shape == (1, 12, table.embedding_dim)
-    assert torch.equal(prompts[0, 2:6], torch.zeros(4, table.embedding_dim))  # left padding, masked later
-    torch.testing.assert_close(prompts[0, 6:11], table.weight[ids])  # zero-initialised residual: the text itself
+    assert prompts.shape == (1, 2 + 5 + 1, table.embedding_dim)  # sized to the edit: frame + its 5 tokens
+    torch.testing.assert_close(prompts[0, 2:7], table.weight[ids])  # zero-initialised residual: the text itself
     frame = editor.model.embed_texts(["New fact:"], 2).states[0]
     torch.testing.assert_close(prompts[0, :2], frame)  # the learned prefix starts as IKE's frame
+    # in a batch, shorter edits are left-padded with zero slots (masked later)
+    _, both = editor.encode_edits(["ab", "abcd"], ["xy", "xy"])
+    assert both.shape[1] == 2 + 7 + 1 and torch.equal(both[0, 2:4], torch.zeros(2, table.embedding_dim))
     # a long edit text keeps its end (the target) and drops the start of the prompt
     _, long = editor.encode_edits(["a very long question indeed"], ["xy"])
     tail = editor.model.tokenizer("a very long question indeed xy", add_special_tokens=False)["input_ids"][-9:]
+    assert long.shape[1] == 12
     torch.testing.assert_close(long[0, 2:11], table.weight[tail])
 
 

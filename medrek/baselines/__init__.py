@@ -36,21 +36,26 @@ def build_method(name: str, lm: tuple[Any, Any], *, checkpoints: Mapping[str, st
                  ike_retriever: str = "medrek", ft: Mapping[str, Any] | None = None,
                  memit: Mapping[str, Any] | None = None, memit_texts: Sequence[str] = (), lm_name: str = "lm",
                  cache_dir: str | os.PathLike[str] | None = None, device: str = "cpu",
-                 chat_template: str = "none") -> EditMethod:
+                 chat_template: str = "none",
+                 editor_settings: Mapping[str, Mapping[str, Any]] | None = None) -> EditMethod:
     """Build method ``name`` on the loaded ``lm`` (model, tokenizer), shared by all methods.
 
     ``checkpoints`` maps a retrieval method's name to its trained editor folder
     (``Editor.save``); ``ike`` uses the one of ``ike_retriever``. ``chat_template`` (auto | none)
     is how every method's LM is asked; a trained editor must have been trained the same way.
+    ``editor_settings`` maps a retrieval method's name to :class:`~medrek.EditorConfig` fields
+    that override its saved ones at load (e.g. ``{"n_tokens": 518, "exact_match": True}``); the
+    editor's fingerprint, and so every result row's signature, then says so.
     """
     checkpoints = dict(checkpoints or {})
+    editor_settings = dict(editor_settings or {})
     use_template = resolve_chat_template(lm[1], chat_template)
 
     def editor(method: str) -> Editor:
         if method not in checkpoints:
             raise ValueError(f"method {name!r} needs a trained {method!r} editor: none given in checkpoints "
                              f"(have {sorted(checkpoints)})")
-        loaded = Editor.load(checkpoints[method], lm=lm, device=device)
+        loaded = Editor.load(checkpoints[method], lm=lm, device=device, **dict(editor_settings.get(method, {})))
         if loaded.model.chat_template != use_template:
             raise ValueError(f"{checkpoints[method]}: this {method!r} editor was trained with chat_template="
                              f"{loaded.config.chat_template!r}, but this evaluation uses chat_template={chat_template!r}: "

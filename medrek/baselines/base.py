@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data.records import EditRecord
-from ..editor import EditedModel, Editor, RowPrompts, ScoreResult, score_pairs
+from ..editor import EditedModel, Editor, RowPrompts, ScoreResult, pad_prompts, score_pairs
 from ..memory import EditMemory
 
 __all__ = ["EditMethod", "RetrievalMethod", "UneditedMethod", "ParameterEditingMethod", "generate_plain"]
@@ -59,6 +59,10 @@ class EditMethod(ABC):
         are never mixed with this one's."""
         config = getattr(self, "config", None)
         return {"config": asdict(config)} if is_dataclass(config) else {}
+
+    def edit_tokens_dropped(self, records: Sequence[EditRecord]) -> list[int]:
+        """Per request, how many tokens of its edit text the method cannot carry (0: all of it)."""
+        return [0] * len(records)
 
     def prepare(self, blocks: Sequence[Sequence[EditRecord]]) -> None:
         """Optional: precompute the upcoming independent blocks (each edited alone from the
@@ -106,6 +110,9 @@ class RetrievalMethod(EditMethod):
     def restore(self) -> None:
         self.editor.clear()
 
+    def edit_tokens_dropped(self, records: Sequence[EditRecord]) -> list[int]:
+        return self.editor.edit_tokens_dropped([r.prompt for r in records], [r.target_new for r in records])
+
     def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32,
               max_length: int | None = None) -> ScoreResult:
         return self.editor.score(prompts, targets, batch_size=batch_size, max_length=max_length)
@@ -124,7 +131,7 @@ class RetrievalMethod(EditMethod):
         found, prompts, targets = [], [], []
         try:
             for block, p, t in jobs:
-                self.editor.memory = EditMemory(saved.config, saved.prototype_key, saved.verify)  # same gate, no edits
+                self.editor.memory = EditMemory(saved.config, saved.prototype_key, saved.verify, saved.build_prompts)  # no edits
                 self.editor.edit(list(block), batch_size=128)
                 rp = self.editor.row_prompts(list(p))
                 found.append(RowPrompts(rp.prompts.cpu(), rp.fired.cpu(), rp.ids, rp.margins))
@@ -132,7 +139,7 @@ class RetrievalMethod(EditMethod):
                 targets += list(t)
         finally:
             self.editor.memory = saved
-        tokens = torch.cat([f.prompts for f in found])
+        tokens = pad_prompts([f.prompts for f in found])
         fired = torch.cat([f.fired for f in found])
         ids = [i for f in found for i in f.ids]
         margins = torch.cat([f.margins for f in found])

@@ -141,7 +141,7 @@ def probes_for(evaluated: Sequence[EditRecord], stored: Sequence[EditRecord], em
 def vector_memory(config: MemoryConfig, keys: torch.Tensor, prototype: torch.Tensor,
                   prompts: Sequence[str], verify=None) -> EditMemory:
     """An :class:`EditMemory` of keys [N, d] with empty prompt tokens (retrieval only)."""
-    memory = EditMemory(dataclasses.replace(config, n_tokens=1, lm_hidden=1), prototype, verify)
+    memory = EditMemory(dataclasses.replace(config, n_tokens=1, lm_hidden=1, prompt_store="vectors"), prototype, verify)
     ids = [f"row-{k}" for k in range(len(keys))]
     memory.add(ids, keys, torch.zeros(len(keys), 1, 1), [{"prompt": p} for p in prompts])
     return memory

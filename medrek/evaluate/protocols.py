@@ -25,6 +25,8 @@ import torch
 
 from ..data.records import EditRecord, records_sha256
 from ..io import read_json, write_csv, write_json
+from ..models.prompt import EditTextCutWarning
+
 if TYPE_CHECKING:
     from ..editor import EditedModel
 
@@ -38,7 +40,7 @@ RESULT_COLUMNS = ["method", "lm", "encoder", "chat_template", "dataset", "split"
                   "eval_at", "metric", "value", "n", "seed", "run_id"]
 
 
-SUMMED = {"truncated_rows"}  # summary metrics that are totals over the requests, not means
+SUMMED = {"truncated_rows", "edit_tokens_dropped"}  # summary metrics that are totals over the requests, not means
 
 
 class ResumeError(RuntimeError):
@@ -155,9 +157,11 @@ def _record_rows(method, records, idx: list[int], res, reference) -> list[dict]:
 
     A stateless method (the unedited LM) is the reference model itself, so its locality rows
     are not scored a second time: its predictions are the reference's (locality 1 by definition).
-    ``truncated_rows`` counts the record's scored rows that were cut to ``max_length``.
+    ``truncated_rows`` counts the record's scored rows that were cut to ``max_length``;
+    ``edit_tokens_dropped`` the tokens of its edit text the method's prompt could not carry.
     """
     recs = [records[i] for i in idx]
+    dropped = method.edit_tokens_dropped(recs)
     names = list(recs[0].locality)
     n = len(recs)
     scored = len(res.accuracy) // n  # rows scored per record
@@ -166,7 +170,8 @@ def _record_rows(method, records, idx: list[int], res, reference) -> list[dict]:
     for j, (i, r) in enumerate(zip(idx, recs)):
         row: dict[str, Any] = {"record_id": r.record_id, "subject": r.subject,
                                "efficacy": float(res.accuracy[j]), "generality": float(res.accuracy[n + j]),
-                               "truncated_rows": int(sum(bool(cut[k * n + j]) for k in range(scored)))}
+                               "truncated_rows": int(sum(bool(cut[k * n + j]) for k in range(scored))),
+                               "edit_tokens_dropped": int(dropped[j])}
         loc = []
         for p, name in enumerate(names):
             k = (2 + p) * n + j
@@ -277,35 +282,49 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
     isolated = getattr(method, "block_scoring", False) and protocol.kind != "sequential" and not method.stateless
     together = method.stateless or isolated
     try:
-        for k, step in enumerate(steps[: last_needed + 1]):
-            if not together:
-                if not todo[k] and protocol.kind != "sequential":
-                    continue  # evaluated before this run: no need to edit
-                if protocol.kind != "sequential" and k >= prepared_until:
-                    prepared_until = _prepare_window(method, records, steps, todo, k, last_needed, prepare_edits)
-                if step.reset:
-                    method.restore()
-                method.edit([records[i] for i in step.edit])
-            if todo[k]:
-                pending.append(Step(step.edit, todo[k], step.reset, step.eval_at))
-            full = sum(len(s.evaluate) for s in pending) >= 256
-            if pending and (not together or k == last_needed or full):
-                rows += _evaluate_pending(method, records, pending, reference, batch_size, fluent, fluency_tokens, seed, k,
-                                          isolated, max_length)
-                bar.update(sum(len(s.evaluate) for s in pending))
-                pending = []
-                write_csv(path, pd.DataFrame(rows))
+        with warnings.catch_warnings():  # edits cut to the prompt's slots: one summary below, not one per block
+            warnings.simplefilter("ignore", EditTextCutWarning)
+            for k, step in enumerate(steps[: last_needed + 1]):
+                if not together:
+                    if not todo[k] and protocol.kind != "sequential":
+                        continue  # evaluated before this run: no need to edit
+                    if protocol.kind != "sequential" and k >= prepared_until:
+                        prepared_until = _prepare_window(method, records, steps, todo, k, last_needed, prepare_edits)
+                    if step.reset:
+                        method.restore()
+                    method.edit([records[i] for i in step.edit])
+                if todo[k]:
+                    pending.append(Step(step.edit, todo[k], step.reset, step.eval_at))
+                full = sum(len(s.evaluate) for s in pending) >= 256
+                if pending and (not together or k == last_needed or full):
+                    rows += _evaluate_pending(method, records, pending, reference, batch_size, fluent, fluency_tokens,
+                                              seed, k, isolated, max_length)
+                    bar.update(sum(len(s.evaluate) for s in pending))
+                    pending = []
+                    write_csv(path, pd.DataFrame(rows))
     finally:
         bar.close()
         method.restore()
     out = pd.DataFrame(rows)
+    _warn_cuts(method, protocol, out, max_length)
+    return out
+
+
+def _warn_cuts(method, protocol: Protocol, out: pd.DataFrame, max_length: int | None) -> None:
+    """One warning per run for scored rows cut to ``max_length`` and for edit texts a prompt
+    could not carry whole (both are counted in the rows)."""
     cut = int(out["truncated_rows"].fillna(0).sum()) if "truncated_rows" in out else 0
     if cut:
         warnings.warn(f"{method.name} {protocol.label}: {cut} scored rows of {len(out)} requests are longer than "
                       f"max_length={max_length} and were cut from the left (their prompts lost tokens); "
                       "the count is in the rows and results as truncated_rows. Set max_length to None to score them whole",
-                      TruncationWarning, stacklevel=2)
-    return out
+                      TruncationWarning, stacklevel=3)
+    dropped = out["edit_tokens_dropped"].fillna(0) if "edit_tokens_dropped" in out else pd.Series(dtype=float)
+    if int((dropped > 0).sum()):
+        warnings.warn(f"{method.name} {protocol.label}: the edit texts of {int((dropped > 0).sum())} of {len(out)} "
+                      f"requests are longer than the prompt's slots and lost {int(dropped.sum())} tokens in all "
+                      "(their first ones); the count is in the rows and results as edit_tokens_dropped. Load the "
+                      "editor with a larger n_tokens to carry them whole", EditTextCutWarning, stacklevel=3)
 
 
 def _prepare_window(method, records, steps: list[Step], todo: list[list[int]], k: int, last: int, size: int) -> int:
@@ -369,7 +388,8 @@ def summarise(per_record: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFr
     ``context`` gives method, lm, encoder, chat_template, dataset, split, protocol, batch_size,
     seed, run_id.
     ``avg`` is the paper's Avg of the mean efficacy, generality and locality;
-    ``truncated_rows`` is a total (rows cut to ``max_length``), not a mean.
+    ``truncated_rows`` and ``edit_tokens_dropped`` are totals (rows cut to ``max_length``, edit
+    text tokens a prompt could not carry), not means.
     """
     missing = [c for c in RESULT_COLUMNS if c not in ("eval_at", "metric", "value", "n") and c not in context]
     if missing:

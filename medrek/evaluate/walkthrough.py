@@ -32,7 +32,7 @@ def explain_edit(editor, record: EditRecord, max_new_tokens: int = 24, nearest: 
             e = editor.explain(text)
             retrieval.append({"query": kind, "text": text, "fired": e.fired, "edit": e.edit_id, "score": e.score,
                               "prototype_score": e.prototype_score, "margin": e.score - e.prototype_score})
-        prompts = editor.memory.prompts[0]  # [T, H]
+        prompts = editor.memory.stored_prompts([0])[0]  # [T, H]
         table = editor.model.lm.get_input_embeddings().weight  # [V, H]
         cos = torch.nn.functional.normalize(prompts, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
         top = cos.topk(nearest, dim=-1)

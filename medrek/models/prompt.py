@@ -15,10 +15,11 @@ Variants behind one interface (``PromptEncoder.from_config``):
   the edit text (``prompt + " " + target``), each passed through a zero-initialised residual
   ``e + W e``, framed by learned prefix and suffix tokens::
 
-      [P_1 .. P_p][pad .. pad][e(x_1) .. e(x_n)][S_1 .. S_s]      (T slots in all)
+      [P_1 .. P_p][pad .. pad][e(x_1) .. e(x_n)][S_1 .. S_s]
 
-  Pad slots are all-zero vectors, which :class:`~medrek.editor.EditedModel` masks out like left
-  padding. The target's own tokens are then reachable by the LM (a pooled sentence vector
+  T = p + s + the longest edit text of the batch, at most ``n_tokens`` (the text gets at most
+  ``text_slots`` = n_tokens - p - s of them: a cap, not a size). Pad slots are all-zero vectors,
+  which :class:`~medrek.editor.EditedModel` masks out like left padding. The target's own tokens are then reachable by the LM (a pooled sentence vector
   cannot name a rare drug exactly), and the tokens stay at the embedding scale.
 """
 
@@ -31,7 +32,11 @@ from torch import nn
 
 from .encoder import TokenStates
 
-__all__ = ["PromptEncoderConfig", "PromptEncoder", "PROMPT_KINDS"]
+__all__ = ["PromptEncoderConfig", "PromptEncoder", "PROMPT_KINDS", "EditTextCutWarning"]
+
+class EditTextCutWarning(UserWarning):
+    """Edit texts longer than an ``lm_embedding`` prompt's text slots lost their first tokens."""
+
 
 PROMPT_KINDS = ("attention", "mlp", "linear", "token_attention", "lm_embedding")
 
@@ -188,7 +193,7 @@ class LMEmbeddingPromptEncoder(PromptEncoder):
             k = min(len(suffix), len(self.suffix))
             self.suffix[:k] = suffix[:k].to(self.suffix)
 
-    def forward(self, values: torch.Tensor, tokens: TokenStates | None = None) -> torch.Tensor:
+    def forward(self, values: torch.Tensor | None, tokens: TokenStates | None = None) -> torch.Tensor:
         if tokens is None:
             raise ValueError("lm_embedding needs the LM embeddings of the edit text")
         B, n, H = tokens.states.shape
@@ -197,7 +202,6 @@ class LMEmbeddingPromptEncoder(PromptEncoder):
             raise ValueError(f"edit text has {n} LM tokens for {slots} slots; truncate it first")
         text = tokens.states + self.text_proj(tokens.states)  # [B, n, H]
         text = text * tokens.mask[..., None].to(text.dtype)  # pads stay exactly zero (masked later)
-        pad = text.new_zeros(B, slots - n, H)
         prefix = self.prefix.expand(B, -1, -1)
         suffix = self.suffix.expand(B, -1, -1)
-        return torch.cat([prefix, pad, text, suffix], dim=1)  # [B, T, H]
+        return torch.cat([prefix, text, suffix], dim=1)  # [B, p + n + s, H]

@@ -37,7 +37,7 @@ def measure_editor(editor: Editor, records: Sequence[EditRecord]) -> dict[str, f
     try:
         editor.edit(list(records))
         scores = editor.score([r.prompt for r in records], [r.target_new for r in records])
-        tokens = editor.memory.prompts  # [N, T, H]
+        tokens = editor.memory.stored_prompts(range(len(editor.memory)))  # [N, T, H]
         norms = tokens.norm(dim=-1)
         out["edit_nll"] = float(scores.nll.mean())
         out["prompt_norm"] = float(norms[norms > 0].mean())

@@ -1,0 +1,102 @@
+"""Long edits: MedFE explanations and MedVersa facts through the working editor, lead by lead.
+
+    python bench/long_edits.py [--medfe-n 100] [--medversa-n 200] [--leads committed whole-text ...]
+
+Each lead loads the committed ``medrek-lm-embedding`` editor with a few settings changed at load
+(no retraining) and runs the single-edit protocol of notebook 03 (chat template, block scoring)
+on the first ``--medfe-n`` MedFE test requests and the first ``--medversa-n`` MedVersa test
+requests, next to IKE through the same retriever (the same settings) and the unedited LM. Rows
+go to ``runs/long-edits/metrics`` (resumable: a lead already scored is read back, and refused if
+something else made it); the summary to ``bench/results/long_edits.json``.
+
+MedFE's test file is used for evaluation only: no lead is trained, calibrated or chosen on it by
+this script; every lead is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from common import save
+
+from medrek.baselines import build_method
+from medrek.data import load_requests
+from medrek.editor import EditedModel, resolve_chat_template
+from medrek.evaluate import unedited_locality_predictions
+from medrek.evaluate.experiment import EvaluationSetup, evaluate_methods, split_label
+from medrek.models.registry import load_causal_lm
+
+CHECKPOINT = "checkpoints/small/medrek-lm-embedding"
+# lead -> EditorConfig settings changed at load (the committed editor: n_tokens 30, no exact match)
+LEADS: dict[str, dict] = {
+    "committed": {},
+    "whole-text": {"n_tokens": 518},  # up to 512 LM tokens of the edit text (MedFE's longest: 379 + question)
+    "whole-text+exact": {"n_tokens": 518, "exact_match": True},
+}
+METRICS = ["efficacy", "generality", "locality", "retrieved_prompt", "retrieved_rephrase", "edit_tokens_dropped"]
+
+
+def run_dataset(dataset: str, n: int, leads: list[str], lm_pair, run_root: Path, data_dir: str | None,
+                seed: int) -> list[dict]:
+    records = load_requests(dataset, "test", data_dir, limit=n)
+    split = split_label("test", n)
+    model = EditedModel(*lm_pair, chat_template=resolve_chat_template(lm_pair[1], "auto"))
+    reference = unedited_locality_predictions(model, records, 16, None)
+    rows, retrievers = [], []
+    for lead in leads:
+        settings = LEADS[lead]
+        checkpoints = {"medrek-lm-embedding": CHECKPOINT}
+        retriever = {k: v for k, v in settings.items() if k != "n_tokens"}  # what IKE depends on
+        methods = ["medrek-lm-embedding"] + (["ike"] if retriever not in retrievers else [])
+        methods += ["unedited"] if lead == leads[0] else []
+        retrievers.append(retriever)
+
+        def build(name: str):
+            return build_method(name, lm_pair, checkpoints=checkpoints, ike_retriever="medrek-lm-embedding",
+                                chat_template="auto", editor_settings={"medrek-lm-embedding": settings})
+
+        setup = EvaluationSetup(dataset=dataset, split=split, lm="smollm2-135m", run_id=f"long-edits-{lead}",
+                                seed=seed, chat_template="auto", batch_size=16, fluency_n=0, fluency_tokens=0,
+                                resume=True, max_length=None, settings={"ike": {"retriever": "medrek-lm-embedding"}})
+        metrics = run_root / "metrics" / lead
+        table = evaluate_methods(methods, build, records, ["single"], reference, metrics, setup)
+        for method, part in table.groupby("method", sort=False):
+            values = part.set_index("metric")["value"]
+            rows.append({"dataset": dataset, "split": split, "lead": lead, "settings": settings,
+                         "method": method, "n": int(part["n"].max()),
+                         **{m: round(float(values[m]), 4) for m in METRICS if m in values}})
+            print(rows[-1])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--medfe-n", type=int, default=100)
+    parser.add_argument("--medversa-n", type=int, default=200)
+    parser.add_argument("--leads", nargs="+", default=list(LEADS), choices=list(LEADS))
+    parser.add_argument("--datasets", nargs="+", default=["medfe", "medversa"], choices=["medfe", "medversa"])
+    parser.add_argument("--run-dir", default="runs/long-edits")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    lm_pair = load_causal_lm("smollm2-135m", seed=args.seed)
+    rows = []
+    sizes = {"medfe": args.medfe_n, "medversa": args.medversa_n}
+    for dataset in args.datasets:
+        rows += run_dataset(dataset, sizes[dataset], args.leads, lm_pair, Path(args.run_dir), args.data_dir, args.seed)
+    save("long_edits", {"checkpoint": CHECKPOINT, "leads": {k: LEADS[k] for k in args.leads}, "protocol": "single",
+                        "chat_template": "auto", "seed": args.seed, "rows": rows,
+                        "notes": "IKE uses the lead's retriever settings (n_tokens does not change IKE); "
+                                 "edit_tokens_dropped is a total over the requests"})
+    pd.DataFrame(rows).drop(columns=["settings"]).to_csv(Path(args.run_dir) / "long_edits.csv", index=False)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
