@@ -37,6 +37,10 @@ LEADS: dict[str, dict] = {
     "committed": {},
     "whole-text": {"n_tokens": 518},  # up to 512 LM tokens of the edit text (MedFE's longest: 379 + question)
     "whole-text+exact": {"n_tokens": 518, "exact_match": True},
+    # retrieval reads the question without the instruction every MedFE question starts with
+    # (the dataset's documented format; no other MedFE text is read to choose it)
+    "whole-text+exact+question": {"n_tokens": 518, "exact_match": True,
+                                  "query_prefix": "Please provide an explanation for the following fact:"},
 }
 METRICS = ["efficacy", "generality", "locality", "retrieved_prompt", "retrieved_rephrase", "edit_tokens_dropped"]
 

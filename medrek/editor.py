@@ -66,6 +66,7 @@ class EditorConfig:
     verify_k: int = 0  # > 0: a QuestionVerifier reads the top verify_k edits (train.retriever trains it)
     min_verified: float = 0.5  # the verifier's probability an edit needs to fire
     verifier_layers: int = 2  # top encoder layers of the verifier that are trained and saved
+    query_prefix: str = ""  # an instruction every question starts with, left out of what retrieval reads
 
     def __post_init__(self) -> None:
         check_fields(self, EditorConfig, "EditorConfig")  # types and ranges, by field name
@@ -78,7 +79,8 @@ class EditorConfig:
 
 
 RETRIEVAL_DEFAULTS = {name: getattr(EditorConfig, name) for name in
-                      ("score", "exact_match", "prototype_gate", "verify_k", "min_verified", "verifier_layers")}
+                      ("score", "exact_match", "prototype_gate", "verify_k", "min_verified", "verifier_layers",
+                       "query_prefix")}
 
 
 def _as_request(item: EditRecord | Mapping[str, Any], position: int) -> dict[str, Any]:
@@ -206,7 +208,7 @@ class Editor(nn.Module):
                   values: torch.Tensor | None = None) -> torch.Tensor:
         """Keys [N, d]: q(prompt) with shared query-key space, else k(prompt + target) (= the values)."""
         if self.preset.shared_query_key:
-            return self.encoder.query(list(prompts))
+            return self.query_vectors(prompts)
         if values is None:
             values = self.encoder.knowledge([edit_text(p, t) for p, t in zip(prompts, targets)])
         return values
@@ -258,16 +260,30 @@ class Editor(nn.Module):
         self.memory.clear()
 
     # ---- retrieval ----------------------------------------------------------------------------
+    def question_part(self, text: str) -> str:
+        """What the query head reads of a question: the text without ``query_prefix`` (an
+        instruction every question of a dataset starts with, compared case-insensitively)."""
+        prefix = self.config.query_prefix.strip()
+        body = text.strip()
+        if prefix and body.casefold().startswith(prefix.casefold()):
+            body = body[len(prefix):].strip()
+        return body or text
+
+    def query_vectors(self, texts: Sequence[str]) -> torch.Tensor:
+        """q(question) [B, d] of each text's :meth:`question_part` (queries, and keys with the
+        shared query-key space)."""
+        return self.encoder.query([self.question_part(t) for t in texts])
+
     @torch.no_grad()
     def retrieve(self, texts: Sequence[str]) -> Retrieval:
         texts = list(texts)
-        return self.memory.retrieve(self.encoder.query(texts), texts)
+        return self.memory.retrieve(self.query_vectors(texts), texts)
 
     @torch.no_grad()
     def explain(self, text: str) -> Explanation:
         """What is retrieved for ``text``, its score, the prototype score, the runner-up and, in
         words (``explanation.reason``), which condition decided."""
-        return self.memory.explain(self.encoder.query([text])[0], text)
+        return self.memory.explain(self.query_vectors([text])[0], text)
 
     @torch.no_grad()
     def lookup(self, texts: Sequence[str]) -> Lookup | None:
@@ -276,7 +292,7 @@ class Editor(nn.Module):
         if len(self.memory) == 0:
             return None
         texts = list(texts)
-        return self.memory.lookup(self.encoder.query(texts), texts)
+        return self.memory.lookup(self.query_vectors(texts), texts)
 
     # ---- scoring and generation --------------------------------------------------------------
     @torch.no_grad()

@@ -131,3 +131,13 @@ def test_results_rows_count_the_edit_tokens_a_prompt_could_not_carry(make_editor
 def test_memory_config_refuses_an_unknown_prompt_store():
     with pytest.raises(ValueError, match="unknown prompt_store 'ids'"):
         MemoryConfig(4, 2, 4, prompt_store="ids")
+
+
+def test_query_prefix_is_left_out_of_what_retrieval_reads(make_editor):
+    prefix = "Please explain this fact:"
+    editor = working(make_editor, exact_match=False, query_prefix=prefix)
+    plain = working(make_editor, exact_match=False)
+    assert editor.question_part("  please EXPLAIN this fact: \n Which hormone? ") == "Which hormone?"
+    assert editor.question_part(prefix) == prefix  # nothing would be left: the text as it is
+    torch.testing.assert_close(editor.query_vectors([f"{prefix}\n Which hormone?"]), plain.query_vectors(["Which hormone?"]))
+    assert editor.fingerprint() != plain.fingerprint()  # a result made with it says so

@@ -50,11 +50,11 @@ def gate_margins(editor, records: Sequence[EditRecord], block_size: int = 100) -
             editor.edit(block)
             ids = [r.record_id for r in block]
             for kind, texts in (("prompt", [r.prompt for r in block]), ("rephrase", [r.rephrase for r in block])):
-                r = editor.memory.retrieve(editor.encoder.query(texts))
+                r = editor.memory.retrieve(editor.query_vectors(texts))
                 own = torch.tensor([editor.memory.ids[int(t)] == i for t, i in zip(r.top_rows, ids)])
                 out[kind].append(torch.where(own, r.scores - r.prototype_scores, torch.tensor(-torch.inf)))
             for name in block[0].locality:
-                r = editor.memory.retrieve(editor.encoder.query([rec.locality[name].prompt for rec in block]))
+                r = editor.memory.retrieve(editor.query_vectors([rec.locality[name].prompt for rec in block]))
                 out["locality"].append(r.scores - r.prototype_scores)
     finally:
         editor.memory = saved
