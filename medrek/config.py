@@ -215,6 +215,8 @@ def check_value(name: str, value: Any, type_name: str | None, where: str) -> Non
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if numeric and value != value:
         raise ParamsError(f"{where}: parameter '{name}' is NaN")
+    if numeric and value in (float("inf"), float("-inf")):
+        raise ParamsError(f"{where}: parameter '{name}' must be a finite number, got {value!r}")
     if numeric and name in POSITIVE and not value > 0:
         raise ParamsError(f"{where}: parameter '{name}' must be positive, got {value!r}")
     if numeric and name in NON_NEGATIVE and not value >= 0:

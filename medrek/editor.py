@@ -21,9 +21,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .data.records import EditRecord
+from .data.records import EditRecord, unencodable_at
 from .config import check_fields, check_keys
-from .io import CheckpointError, atomic_path, file_sha256, read_checkpoint_meta, read_tensors, write_json
+from .io import (CheckpointError, atomic_path, file_sha256, read_checkpoint_meta, read_json, read_tensors,
+                 resolve_link, write_json)
 from .memory import SCORES, EditMemory, Explanation, Lookup, MemoryConfig, Retrieval
 from .methods import edit_text, get_preset
 from .models.edited_lm import (CHAT_TEMPLATE_SETTINGS, EditedModel, PairBatch, RowPrompts, ScoreResult, batches,
@@ -95,7 +96,26 @@ def _as_request(item: EditRecord | Mapping[str, Any], position: int) -> dict[str
             raise ValueError(f"edit request {position}: {name!r} must be a non-empty string, got {value!r}")
     if "id" in item and (not isinstance(item["id"], (str, int)) or isinstance(item["id"], bool) or not str(item["id"]).strip()):
         raise ValueError(f"edit request {position}: 'id' must be a non-empty string, got {item['id']!r}")
+    for name, value in item.items():  # a lone surrogate could be neither tokenised nor saved
+        at = unencodable_at(value) if isinstance(value, str) else None
+        if at is not None:
+            raise ValueError(f"edit request {position}: {name!r} is not valid text (a lone surrogate at character {at}, "
+                             "which cannot be encoded as UTF-8); nothing was stored")
     return {**item, "id": str(item["id"])} if "id" in item else dict(item)
+
+
+def check_saved_together(meta: Mapping[str, Any], memory: EditMemory, meta_path: Path, memory_path: Path) -> None:
+    """Refuse a memory folder that is not the one saved with the editor's weights (editor.json
+    names its content checksum; editors saved before that name none and are not checked)."""
+    if "memory_sha256" not in meta:
+        return
+    if meta["memory_sha256"] is None:
+        raise CheckpointError(f"{meta_path}: the editor was last saved without its memory, so {memory_path} is left "
+                              "from an earlier save (edits made since are not in it); load with with_memory=False, "
+                              "or save with with_memory=True")
+    if memory.content_sha256 != meta["memory_sha256"]:
+        raise CheckpointError(f"{memory_path}: not the memory saved with these weights ({meta_path} names memory "
+                              f"{str(meta['memory_sha256'])[:12]}, the folder holds {str(memory.content_sha256)[:12]})")
 
 
 def auto_edit_id(prompt: str, target: str) -> str:
@@ -254,7 +274,12 @@ class Editor(nn.Module):
         return ids
 
     def remove(self, ids: str | Sequence[str]) -> None:
-        self.memory.remove([ids] if isinstance(ids, str) else list(ids))
+        """Remove stored edits by id (one id or a list of ids)."""
+        if isinstance(ids, str):
+            ids = [ids]
+        if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) for i in ids):
+            raise TypeError(f"remove takes an edit id (a string) or a list of them, got {ids!r}")
+        self.memory.remove(list(ids))
 
     def clear(self) -> None:
         self.memory.clear()
@@ -331,6 +356,9 @@ class Editor(nn.Module):
         for part in batches(len(texts), batch_size):
             batch = self.model.encode_queries(list(texts[part]))
             rp = self.row_prompts(texts[part]) if use_memory else RowPrompts()
+            lengths = self.model.row_lengths(batch["attention_mask"], rp.prompts, rp.fired)
+            self.model.check_context([n + max_new_tokens for n in lengths], "generated text",
+                                     list(range(part.start, part.stop)))
             new = self.model.generate(batch["input_ids"], batch["attention_mask"], rp.prompts, rp.fired,
                                       max_new_tokens=max_new_tokens, **generate_kwargs)
             out += tok.batch_decode(new, skip_special_tokens=True)
@@ -361,7 +389,12 @@ class Editor(nn.Module):
         """``folder/editor.safetensors`` + ``folder/editor.json`` (config, sizes and the sha256
         of the weights file) and, if asked, the memory folder ``folder/memory`` tagged with
         :meth:`fingerprint`."""
-        folder = Path(folder)
+        folder = resolve_link(folder)
+        memory_sha256 = None
+        if with_memory:  # first: a memory that cannot be saved changes nothing
+            self.memory.owner = self.fingerprint()
+            self.memory.save(folder / "memory")
+            memory_sha256 = read_json(folder / "memory" / "memory.json")["content_sha256"]
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
         with atomic_path(folder / "editor.safetensors") as tmp:
             save_file(tensors, str(tmp))
@@ -369,10 +402,8 @@ class Editor(nn.Module):
         write_json(folder / "editor.json", {"format": FORMAT, "config": asdict(self.config),
                                             "lm_hidden": self.model.hidden_size,
                                             "encoder_hidden": self.encoder.config.hidden_size,
-                                            "weights_sha256": weights_sha256})
-        if with_memory:
-            self.memory.owner = self.fingerprint()
-            self.memory.save(folder / "memory")
+                                            "weights_sha256": weights_sha256,
+                                            "memory_sha256": memory_sha256})  # None: saved without its memory
         return folder
 
     def load_weights(self, tensors: Mapping[str, torch.Tensor], source: str) -> None:
@@ -420,9 +451,10 @@ class Editor(nn.Module):
         tensors = read_tensors(weights)
         editor.load_weights(tensors, str(weights))
         if with_memory:
-            editor.memory = editor.adopt_memory(EditMemory.load(folder / "memory", key_dim=editor.config.key_dim,
-                                                                n_tokens=editor.config.n_tokens,
-                                                                lm_hidden=editor.model.hidden_size), folder / "memory")
+            memory = EditMemory.load(folder / "memory", key_dim=editor.config.key_dim, n_tokens=editor.config.n_tokens,
+                                     lm_hidden=editor.model.hidden_size)
+            editor.memory = editor.adopt_memory(memory, folder / "memory")  # another editor's: says what differs
+            check_saved_together(meta, memory, meta_path, folder / "memory")  # this editor's, but another save
         return editor
 
     def adopt_memory(self, memory: EditMemory, source: str | os.PathLike[str]) -> EditMemory:

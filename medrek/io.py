@@ -6,6 +6,7 @@ leaves a half-written output and never destroys the previous version.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,8 +16,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["CheckpointError", "atomic_folder", "atomic_path", "file_sha256", "read_checkpoint_meta", "read_json",
+__all__ = ["CheckpointError", "FolderInUseError", "atomic_folder", "resolve_link", "atomic_path", "file_sha256", "read_checkpoint_meta", "read_json",
            "read_tensors", "recover_folder", "write_bytes", "write_csv", "write_text", "write_json"]
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raise a full disk or quota while writing ``path`` with the path in the message (the
+    error from deep inside a writer names a temporary file, or nothing)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(exc.errno, f"{path}: {exc.strerror} while writing it; the previous version, if any, is "
+                                     "untouched") from exc
+        raise
 
 
 @contextmanager
@@ -29,7 +43,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs are ordinary readable files
     try:
-        yield tmp_path
+        with _naming(path):
+            yield tmp_path
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -48,9 +63,11 @@ def recover_folder(path: str | os.PathLike[str]) -> Path:
     second leaves a stale ``.path.old``: it is deleted. Unfinished temporary folders
     (``.path.*.tmp``) are deleted too. Returns ``path``.
     """
-    path = Path(path)
+    path = resolve_link(path)
     old = _old_folder(path)
-    if old.exists():
+    if old.is_symlink():  # left by an older kit that swapped the link itself: the link goes, never its target
+        old.unlink()
+    elif old.exists():
         if path.exists():
             shutil.rmtree(old)
         else:
@@ -62,17 +79,48 @@ def recover_folder(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+class FolderInUseError(FileExistsError):
+    """A save would replace a folder holding files the kit would not write there."""
+
+
+def resolve_link(path: str | os.PathLike[str]) -> Path:
+    """``path``, or the folder it links to: a save through a symbolic link writes at the link's
+    target (the link stays), so that a load through the same link finds it."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _check_replaceable(path: Path, writing: set[str]) -> None:
+    """``path`` may be replaced only if it is absent, empty, or holds nothing but names this
+    save writes (what the kit wrote there before): a user's files are never deleted."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FolderInUseError(f"{path}: is a file, not a folder; nothing was written (save to another path)")
+    foreign = sorted(set(os.listdir(path)) - writing)
+    if foreign:
+        raise FolderInUseError(f"{path}: holds files this save does not write ({', '.join(foreign[:5])}"
+                               f"{', ...' if len(foreign) > 5 else ''}); replacing the folder would delete them, so "
+                               "nothing was written. Save to a new or empty folder")
+
+
 @contextmanager
 def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``path``; if the block succeeds, swap it in for
     ``path`` (which may exist) by renames, so that ``path`` always holds one complete version.
-    A crash at any point is undone or finished by :func:`recover_folder` (called here first)."""
-    path = recover_folder(path)
+    A crash at any point is undone or finished by :func:`recover_folder` (called here first).
+
+    An existing ``path`` is replaced only if it holds nothing but names the block wrote (a
+    previous save of the same kind); otherwise :class:`FolderInUseError` names what is there
+    and nothing changes. A symbolic link is followed: the swap happens at its target."""
+    path = recover_folder(resolve_link(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700
     try:
-        yield tmp
+        with _naming(path):
+            yield tmp
+        _check_replaceable(path, set(os.listdir(tmp)))
         old = _old_folder(path)
         if path.exists():
             os.replace(path, old)

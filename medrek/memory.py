@@ -31,6 +31,7 @@ never in between (ids, keys, prompts and the index always agree row for row).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import threading
@@ -245,6 +246,43 @@ class Explanation:
     score_kind: str = "dot"  # how score, prototype_score and runner_up_score were computed
     verified: float = math.nan  # the verifier's probability that the question asks the top-1's prompt
     reason: str = ""  # in words: why it fired, or which condition stopped it
+    blocked_by: tuple[str, ...] = ()  # the gates the top-1 failed, with numbers, e.g. "min_margin (1.23 < 2.05)"
+
+
+def content_sha256(meta: dict[str, Any]) -> str:
+    """sha256 of a memory.json's content (every field but this checksum), canonically serialised."""
+    body = {k: v for k, v in meta.items() if k != "content_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def check_memory_meta(meta: dict[str, Any], where: Path) -> None:
+    """Refuse a memory.json whose content was changed after its save (``content_sha256``; files
+    saved before it have none) or whose fields do not have their types, naming the field."""
+    from .config import check_settings
+
+    if "content_sha256" in meta and meta["content_sha256"] != content_sha256(meta):
+        raise CheckpointError(f"{where}: content differs from its checksum (content_sha256): the file was changed "
+                              "after it was saved; ids, requests or settings cannot be trusted")
+    expected = {"config": dict, "ids": list, "requests": list}
+    for name, kind in expected.items():
+        if not isinstance(meta.get(name), kind):
+            raise CheckpointError(f"{where}: field {name!r} must be a JSON {kind.__name__}, got {type(meta.get(name)).__name__}")
+    try:
+        check_settings(meta["config"], MemoryConfig, f"{where}: config")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    ids, requests = meta["ids"], meta["requests"]
+    bad = next((k for k, i in enumerate(ids) if not isinstance(i, str)), None)
+    if bad is not None:
+        raise CheckpointError(f"{where}: ids[{bad}] must be a string, got {ids[bad]!r}")
+    repeated = sorted(i for i, c in Counter(ids).items() if c > 1)
+    if repeated:
+        raise CheckpointError(f"{where}: ids {repeated[:3]} are stored more than once")
+    if len(requests) != len(ids):
+        raise CheckpointError(f"{where}: {len(ids)} ids but {len(requests)} requests")
+    bad = next((k for k, r in enumerate(requests) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise CheckpointError(f"{where}: requests[{bad}] must be a JSON object, got {type(requests[bad]).__name__}")
 
 
 class EditMemory:
@@ -268,6 +306,7 @@ class EditMemory:
         self._index = self._new_index()
         self._lock = threading.RLock()  # around every mutation and every lookup
         self.owner: str | None = None  # fingerprint of the editor whose encoders made the keys and prompts
+        self.content_sha256: str | None = None  # of the memory.json it was loaded from (None: not loaded)
         self.verify = verify  # the second look of verify_k > 0 (not saved: it belongs to the editor)
         self.build_prompts = build_prompts  # token ids -> prompts, for prompt_store "token_ids" (the editor's)
 
@@ -531,6 +570,7 @@ class EditMemory:
                 score_kind=self.config.score,
                 verified=float(r.verified[0]),
                 reason=self._reason(r),
+                blocked_by=self._blocked_by(r) if row < 0 and top >= 0 and not bool(r.exact[0]) else (),
             )
 
     def _gates(self, score: torch.Tensor, proto: torch.Tensor, verified: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -546,6 +586,17 @@ class EditMemory:
         if cfg.min_margin is not None:
             gates["min_margin"] = score - proto >= cfg.min_margin
         return gates
+
+    def _blocked_by(self, r: Retrieval) -> tuple[str, ...]:
+        """The gates the single query of ``r``'s top-1 failed, each with its numbers."""
+        cfg = self.config
+        score, proto, verified = float(r.scores[0]), float(r.prototype_scores[0]), float(r.verified[0])
+        numbers = {"prototype": f"score {score:.4f} <= prototype {proto:.4f}",
+                   "min_verified": f"{verified:.3f} < {cfg.min_verified:.3f}",
+                   "min_similarity": f"{score:.4f} < {cfg.min_similarity}",
+                   "min_margin": f"lead over the prototype {score - proto:.4f} < {cfg.min_margin}"}
+        return tuple(f"{gate} ({numbers[gate]})" for gate, passed in
+                     self._gates(r.scores, r.prototype_scores, r.verified).items() if not bool(passed[0]))
 
     def _reason(self, r: Retrieval) -> str:
         """Why the single query of ``r`` fired, or which gates stopped it, in words."""
@@ -592,6 +643,7 @@ class EditMemory:
         with atomic_folder(path) as tmp:
             save_file(tensors, str(tmp / "memory.safetensors"))
             meta["tensors_sha256"] = file_sha256(tmp / "memory.safetensors")
+            meta["content_sha256"] = content_sha256(meta)
             write_text(tmp / "memory.json", json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
         return path
 
@@ -606,6 +658,7 @@ class EditMemory:
             raise CheckpointError(f"{path.with_suffix('.json')}: an edit memory saved by an older medrek-kit (two loose "
                                   "files, no checksum); load it with that version and save it again")
         meta = read_checkpoint_meta(meta_path, FORMAT, "edit memory")
+        check_memory_meta(meta, meta_path)
         config = MemoryConfig(**meta["config"])
         for name, want in (("key_dim", key_dim), ("n_tokens", n_tokens), ("lm_hidden", lm_hidden)):
             if want is not None and getattr(config, name) != want:
@@ -638,5 +691,6 @@ class EditMemory:
         else:
             memory.prompts = tensors["prompts"]
         memory.owner = meta.get("owner")
+        memory.content_sha256 = meta.get("content_sha256")
         memory._rebuild()
         return memory

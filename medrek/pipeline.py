@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from .config import COMMON_KEYS, Params, ParamsError, check_keys, check_value, load_params
 from .io import write_text
-from .rundir import LOCK_OWNER_ENV, RunDir, RunDirBusy
+from .rundir import LOCK_OWNER_ENV, NotARunDir, RunDir, RunDirBusy
 
 __all__ = ["NOTEBOOKS_DIR", "notebook_paths", "notebook_parameters", "validate_params", "run_pipeline",
            "check_parameters"]
@@ -114,6 +114,8 @@ def _execute(notebooks: dict[str, Path], params: Params, run: RunDir, log_output
         start = time.perf_counter()
         print(f"[medrek] {name} -> {run.notebooks / path.name}", flush=True)
         out = run.notebooks / path.name
+        if out.resolve() == path.resolve():
+            raise NotARunDir(f"{out}: the executed copy would replace the notebook it runs; choose another run_dir")
         tmp = out.with_name(f".{out.stem}.running.ipynb")
         try:
             papermill.execute_notebook(
@@ -137,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run = run_pipeline(args.params, args.run_dir, args.only, log_output=args.log_output)
-    except (ParamsError, RunDirBusy) as exc:
+    except (ParamsError, RunDirBusy, NotARunDir) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"[medrek] run directory: {run.root}")

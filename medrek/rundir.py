@@ -29,13 +29,38 @@ from pathlib import Path
 from .config import repo_path
 from .io import write_text
 
-__all__ = ["RunDir", "RunDirBusy", "LOCK_OWNER_ENV"]
+__all__ = ["RunDir", "RunDirBusy", "NotARunDir", "LOCK_OWNER_ENV", "check_run_root"]
 
 LOCK_OWNER_ENV = "MEDREK_RUN_LOCK_OWNER"  # pid whose lock this process may share (set by the pipeline)
 
 
 class RunDirBusy(RuntimeError):
     """Another live process is using the run directory."""
+
+
+class NotARunDir(ValueError):
+    """A run directory would be a folder the kit did not make (the user's, or the repository's)."""
+
+
+MARKER = ".medrek-run"  # written into every run directory the kit makes
+RUN_ENTRIES = frozenset({"notebooks", "metrics", "figures", "checkpoints", "tables", "data", "params.yaml", ".lock",
+                         MARKER, "README.md"})  # what a run directory may hold (plus datasheet_*.md)
+
+
+def check_run_root(root: Path) -> None:
+    """A run directory is absent, empty, or one the kit made (its marker, or nothing but run
+    entries, as run directories made before the marker); anything else, the repository and its
+    ``notebooks/`` included, is refused by name: the pipeline would overwrite files there."""
+    if root.exists() and not root.is_dir():
+        raise NotARunDir(f"run_dir {root}: is a file, not a folder; choose a new or empty folder")
+    if not root.exists() or (root / MARKER).exists():
+        return
+    foreign = sorted(e for e in os.listdir(root) if e not in RUN_ENTRIES
+                     and not (e.startswith("datasheet_") and e.endswith(".md")))
+    if foreign:
+        raise NotARunDir(f"run_dir {root}: not a medrek run directory (it holds {', '.join(foreign[:5])}"
+                         f"{', ...' if len(foreign) > 5 else ''}); its files could be overwritten, so nothing was "
+                         "written. Choose a new or empty folder, e.g. runs/<name>")
 
 
 def _alive(pid: int) -> bool:
@@ -69,8 +94,11 @@ class RunDir:
         """Make the folders (a relative ``root`` is taken from the repository root) and, unless
         ``lock=False`` (readers), take the run directory's lock for this process."""
         run = cls(repo_path(root))
+        check_run_root(run.root)
         for sub in (run.notebooks, run.metrics, run.figures, run.checkpoints):
             sub.mkdir(parents=True, exist_ok=True)
+        if not (run.root / MARKER).exists():
+            write_text(run.root / MARKER, "a medrek-kit run directory (see medrek/rundir.py)\n")
         if lock:
             run.acquire()
         return run

@@ -2,6 +2,7 @@
 tokens when it fires, carries the whole edit text when its slots allow, and never cuts one
 without counting and warning."""
 
+import json
 import warnings
 
 import pytest
@@ -108,6 +109,9 @@ def test_a_vector_memory_saved_before_token_ids_still_serves_the_working_editor(
     old.owner = editor.fingerprint()
     editor.save(tmp_path / "ed")
     old.save(tmp_path / "ed" / "memory")
+    meta = json.loads((tmp_path / "ed" / "editor.json").read_text())
+    del meta["memory_sha256"]  # as an editor.json of that time: it named no memory
+    (tmp_path / "ed" / "editor.json").write_text(json.dumps(meta))
     again = Editor.load(tmp_path / "ed", lm=tiny_lm, with_memory=True)
     assert again.memory.config.prompt_store == "vectors" and again.memory.prompts.shape[1] == 40
     fresh = working(make_editor)  # the same editor with a token-id memory

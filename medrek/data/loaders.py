@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .records import EditRecord, LocalityProbe
+from .records import EditRecord, LocalityProbe, unencodable_at
 from .sources import released_path
 
 __all__ = [
@@ -98,7 +98,15 @@ def _text(raw: dict[str, Any], field: str, where: str, *, required: bool = True)
         raise DataError(f"{where}: field '{field}' must be a string, got {type(value).__name__}")
     if required and not value.strip():
         raise DataError(f"{where}: field '{field}' is empty")
+    _check_encodable(value, where, field)
     return value
+
+
+def _check_encodable(value: str, where: str, field: str) -> None:
+    at = unencodable_at(value)
+    if at is not None:
+        raise DataError(f"{where}: field '{field}' is not valid text (a lone surrogate at character {at}, which "
+                        "cannot be encoded as UTF-8)")
 
 
 def _rephrases(raw: dict[str, Any], where: str) -> tuple[str, ...]:
@@ -108,6 +116,8 @@ def _rephrases(raw: dict[str, Any], where: str) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
         raise DataError(f"{where}: field 'rephrase_prompt' must be a non-empty string or list of strings")
+    for item in items:
+        _check_encodable(item, where, "rephrase_prompt")
     return tuple(items)
 
 
@@ -144,7 +154,14 @@ def records_from_json(items: Any, schema: Schema | str, source: str = "<memory>"
         raise DataError(f"{source}: expected a JSON list of records, got {type(items).__name__}")
     if not items:
         raise DataError(f"{source}: the file holds no records")
-    return [_record(raw, i, schema, source) for i, raw in enumerate(items)]
+    records = [_record(raw, i, schema, source) for i, raw in enumerate(items)]
+    first: dict[str, int] = {}
+    for i, record in enumerate(records):
+        if record.record_id in first:
+            raise DataError(f"{source}: records {first[record.record_id]} and {i} share the id "
+                            f"{record.record_id!r}; ids must be unique")
+        first[record.record_id] = i
+    return records
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

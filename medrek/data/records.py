@@ -64,3 +64,14 @@ def fold_question(text: str) -> str:
     """Loose comparison form of a question: case-folded, whitespace collapsed and trimmed (what
     the pool audit compares and what ``exact_match`` retrieval counts as the same question)."""
     return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def unencodable_at(text: str) -> int | None:
+    """The position of the first character of ``text`` that UTF-8 cannot encode (a lone
+    surrogate, as ``"\\ud800"`` in JSON gives), else None: such text cannot be tokenised or saved."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+

@@ -144,6 +144,31 @@ class EditedModel(nn.Module):
                               add_special_tokens=not self.chat_template).to(self.device)
 
     @property
+    def context_window(self) -> int | None:
+        """The most positions the LM was built for (``max_position_embeddings``; None: unknown)."""
+        window = getattr(self.lm.config, "max_position_embeddings", None)
+        return int(window) if isinstance(window, int) and window > 0 else None
+
+    def check_context(self, lengths: Sequence[int], what: str, rows: Sequence[int] | None = None) -> None:
+        """Refuse rows longer than the context window (positions past it were never trained, and
+        a forward there is slow and meaningless): names the first such row (``rows[i]``, else
+        ``i``) and its length."""
+        window = self.context_window
+        for i, n in enumerate(lengths):
+            if window is not None and n > window:
+                raise ValueError(f"{what} {rows[i] if rows is not None else i}: {n} positions (prompt slots included) "
+                                 f"exceed the LM's context window of {window}; shorten it, or cut scored rows with "
+                                 "max_length")
+
+    @staticmethod
+    def row_lengths(attention_mask: torch.Tensor, prompts: torch.Tensor | None, fired: torch.Tensor | None) -> list[int]:
+        """Positions each row takes: its tokens plus the non-padding prompt slots of rows that fired."""
+        lengths = attention_mask.sum(1).cpu()
+        if prompts is not None and fired is not None:
+            lengths = lengths + prompts.ne(0).any(-1).sum(1).cpu() * fired.cpu()
+        return lengths.tolist()
+
+    @property
     def hidden_size(self) -> int:
         return int(self.lm.get_input_embeddings().embedding_dim)
 
@@ -339,6 +364,7 @@ def score_pairs(model: "EditedModel", prompts: Sequence[str], targets: Sequence[
         idx = order[part]
         batch = model.encode_pairs([prompts[i] for i in idx], [targets[i] for i in idx], max_length).to(model.device)
         rp = retrieve(idx) if retrieve is not None else RowPrompts()
+        model.check_context(model.row_lengths(batch.attention_mask, rp.prompts, rp.fired), "scored row", idx)
         positions = prediction_positions(batch.target_mask)
         labels = batch.input_ids[:, 1:][batch.target_mask[:, 1:]]  # [N]
         argmax, token_nll = model.target_scores(batch.input_ids, batch.attention_mask, rp.prompts, rp.fired,

@@ -1,0 +1,192 @@
+"""Nothing lost, nothing silently wrong: saves that never delete a user's files, run dirs that
+never overwrite the kit, requests and memories that cannot be half-believed. Each test breaks
+one promise on purpose."""
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REQUESTS
+from medrek import Editor
+from medrek.config import ParamsError, check_value
+from medrek.data.loaders import DataError, records_from_json
+from medrek.editor import EditedModel
+from medrek.io import CheckpointError, FolderInUseError, atomic_path, write_text
+from medrek.memory import EditMemory, MemoryConfig
+from medrek.pipeline import main as pipeline_main
+from medrek.rundir import NotARunDir, RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_memory(n: int = 3) -> EditMemory:
+    memory = EditMemory(MemoryConfig(4, 2, 3), torch.zeros(4))
+    memory.add([f"e{i}" for i in range(n)], torch.eye(4)[:n], torch.ones(n, 2, 3),
+               [{"prompt": f"q{i}", "target_new": f"a{i}"} for i in range(n)])
+    return memory
+
+
+# ---- 1. a save never deletes what it did not write ---------------------------------------------
+def test_saving_a_memory_into_a_users_folder_is_refused_and_deletes_nothing(tmp_path):
+    folder = tmp_path / "thesis"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("chapter 1")
+    (folder / "sub" / "data.csv").write_text("a,b")
+    with pytest.raises(FolderInUseError, match=r"thesis: holds files this save does not write \(sub, thesis.tex\)"):
+        small_memory().save(folder)
+    assert (folder / "thesis.tex").read_text() == "chapter 1" and (folder / "sub" / "data.csv").exists()
+    assert sorted(os.listdir(tmp_path)) == ["thesis"]  # no temporary folder left behind
+    small_memory().save(tmp_path / "mem")  # a new folder, then the kit's own folder again: fine
+    small_memory(2).save(tmp_path / "mem")
+    assert len(EditMemory.load(tmp_path / "mem")) == 2
+
+
+def test_editor_save_keeps_the_users_notes_in_its_memory_folder(make_editor, tmp_path):
+    editor = make_editor()
+    editor.edit(REQUESTS)
+    (tmp_path / "proj" / "memory").mkdir(parents=True)
+    (tmp_path / "proj" / "memory" / "notes.md").write_text("keep me")
+    with pytest.raises(FolderInUseError, match="notes.md"):
+        editor.save(tmp_path / "proj", with_memory=True)
+    assert (tmp_path / "proj" / "memory" / "notes.md").read_text() == "keep me"
+    assert not (tmp_path / "proj" / "editor.json").exists()  # the memory is saved first: nothing was written
+
+
+def test_a_memory_saved_through_a_symlink_loads_through_it_every_time(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for n in (3, 2, 1):
+        small_memory(n).save(tmp_path / "link")
+        assert (tmp_path / "link").is_symlink() and len(EditMemory.load(tmp_path / "link")) == n
+    assert (tmp_path / "real" / "memory.json").exists()
+    # a stale link left by an older kit's swap is removed, never followed into its target
+    (tmp_path / ".real.old").symlink_to(tmp_path / "real")
+    small_memory(3).save(tmp_path / "link")
+    assert not (tmp_path / ".real.old").exists() and len(EditMemory.load(tmp_path / "real")) == 3
+
+
+# ---- 2. run dirs never overwrite the kit or a user's folder ------------------------------------
+def test_a_run_dir_must_be_new_empty_or_the_kits(tmp_path):
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "params.yaml").write_text("mine")
+    (users / "paper.docx").write_text("draft")
+    with pytest.raises(NotARunDir, match="not a medrek run directory.*paper.docx"):
+        RunDir.create(users, lock=False)
+    assert (users / "params.yaml").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotARunDir, match="is a file"):
+        RunDir.create(tmp_path / "file", lock=False)
+    run = RunDir.create(tmp_path / "run", lock=False)
+    assert (run.root / ".medrek-run").exists()
+    RunDir.create(tmp_path / "run", lock=False)  # its own run dir again
+
+
+def test_the_pipeline_refuses_the_repository_as_run_dir(capsys):
+    before = (REPO / "notebooks" / "00_quickstart.ipynb").read_bytes()
+    assert pipeline_main(["params/smoke.yaml", "--run-dir", ".", "--only", "00_quickstart"]) == 2
+    assert "not a medrek run directory" in capsys.readouterr().err
+    assert pipeline_main(["params/smoke.yaml", "--run-dir", "notebooks/..", "--only", "00_quickstart"]) == 2
+    assert (REPO / "notebooks" / "00_quickstart.ipynb").read_bytes() == before
+    assert not (REPO / "params.yaml").exists()
+
+
+# ---- 4. text that cannot be encoded is refused where it enters --------------------------------
+def test_lone_surrogates_are_refused_at_edit_and_in_data_files(make_editor):
+    editor = make_editor()
+    with pytest.raises(ValueError, match=r"edit request 1: 'id' is not valid text \(a lone surrogate at character 3"):
+        editor.edit([REQUESTS[0], {**REQUESTS[1], "id": "sur\ud800"}])
+    with pytest.raises(ValueError, match="edit request 0: 'target_new' is not valid text"):
+        editor.edit({"prompt": "q?", "target_new": "x\udc80"})
+    assert len(editor.memory) == 0
+    raw = [{"id": "0", "prompt": "q\ud800?", "target_new": "a", "ground_truth": "b", "rephrase_prompt": "r",
+            "subject_name": "s", "locality_prompt": "l", "locality_ground_truth": "g"}]
+    with pytest.raises(DataError, match=r"f.json: record 0: field 'prompt' is not valid text"):
+        records_from_json(raw, "medversa", "f.json")
+
+
+# ---- 5 / 6. a memory that is stale or changed is refused ---------------------------------------
+def test_a_memory_left_by_an_earlier_save_is_refused(make_editor, tmp_path, tiny_lm):
+    editor = make_editor()
+    editor.edit(REQUESTS[:2])
+    editor.save(tmp_path / "ed", with_memory=True)
+    editor.edit(REQUESTS[2])
+    editor.save(tmp_path / "ed")  # weights only: the memory folder is the old one
+    with pytest.raises(CheckpointError, match="last saved without its memory"):
+        Editor.load(tmp_path / "ed", lm=tiny_lm, with_memory=True)
+    editor.save(tmp_path / "ed", with_memory=True)
+    assert len(Editor.load(tmp_path / "ed", lm=tiny_lm, with_memory=True).memory) == 3
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda m: m["ids"].reverse(), "content differs from its checksum"),
+    (lambda m: m.update(ids=[m["ids"][0]] * len(m["ids"]), content_sha256=None), "stored more than once"),
+    (lambda m: m.update(requests=m["requests"][:1], content_sha256=None), "3 ids but 1 requests"),
+    (lambda m: m["config"].update(key_dim="4") or m.pop("content_sha256"), "'key_dim' must be int"),
+    (lambda m: m.update(requests=5, content_sha256=None), "field 'requests' must be a JSON list"),
+    (lambda m: m.update(ids=[1, 2, 3], content_sha256=None), r"ids\[0\] must be a string"),
+])
+def test_a_changed_or_malformed_memory_json_is_refused_by_field(tmp_path, tamper, message):
+    small_memory().save(tmp_path / "mem")
+    path = tmp_path / "mem" / "memory.json"
+    meta = json.loads(path.read_text())
+    tamper(meta)
+    if meta.get("content_sha256", "") is None:
+        del meta["content_sha256"]  # an older file: no checksum, so only the schema can catch it
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=message):
+        EditMemory.load(tmp_path / "mem")
+
+
+# ---- 7. duplicate record ids -----------------------------------------------------------------
+def test_duplicate_record_ids_in_a_data_file_are_refused_naming_both():
+    rec = {"id": "7", "prompt": "q?", "target_new": "a", "ground_truth": "b", "rephrase_prompt": "r",
+           "subject_name": "s", "locality_prompt": "l", "locality_ground_truth": "g"}
+    with pytest.raises(DataError, match=r"mine.json: records 0 and 2 share the id '7'"):
+        records_from_json([rec, {**rec, "id": "8"}, rec], "medversa", "mine.json")
+
+
+# ---- 8. the context window --------------------------------------------------------------------
+def test_rows_past_the_context_window_are_refused_not_scored(tiny_lm, make_editor):
+    model = EditedModel(*tiny_lm)
+    long = "word " * (model.context_window + 10)
+    with pytest.raises(ValueError, match=r"scored row 1: \d+ positions .* exceed the LM's context window of 512"):
+        from medrek.editor import score_pairs
+        score_pairs(model, ["short?", long], ["a", "b"])
+    editor = make_editor()
+    with pytest.raises(ValueError, match="generated text 0: .* context window"):
+        editor.generate(["word " * 500], max_new_tokens=20)
+
+
+# ---- 9. the minor ones ------------------------------------------------------------------------
+def test_minor_refusals_name_what_is_wrong(make_editor, tmp_path, monkeypatch):
+    with pytest.raises(ParamsError, match="'lr_encoder' must be a finite number"):
+        check_value("lr_encoder", float("inf"), "float", "params")
+    with pytest.raises(ParamsError, match="'grad_clip' must be a finite number"):
+        check_value("grad_clip", float("inf"), "float", "params")
+    editor = make_editor()
+    with pytest.raises(TypeError, match=r"remove takes an edit id \(a string\) or a list of them, got 5"):
+        editor.remove(5)
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"out.json: No space left on device while writing it"):
+        with atomic_path(tmp_path / "out.json") as tmp:
+            full(tmp)
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match="notes.txt: No space left"):
+        write_text(tmp_path / "notes.txt", "x")
+
+
+def test_explanation_names_the_gate_that_blocked_the_top_edit():
+    memory = EditMemory(MemoryConfig(2, 1, 1, min_margin=2.05), torch.zeros(2))
+    memory.add(["e"], torch.tensor([[1.0, 0.0]]), torch.ones(1, 1, 1), [{"prompt": "q"}])
+    why = memory.explain(torch.tensor([1.0, 0.0]))  # score 1 / sqrt(2), prototype 0: lead 0.7071 < 2.05
+    assert not why.fired and why.blocked_by == ("min_margin (lead over the prototype 0.7071 < 2.05)",)
+    memory.config.min_margin = None
+    assert memory.explain(torch.tensor([1.0, 0.0])).blocked_by == ()
