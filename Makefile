@@ -12,7 +12,7 @@ export MPLBACKEND ?= Agg
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart reproduce evaluate figures lab test unit notebooks bench clean
+.PHONY: venv quickstart reproduce evaluate figures lab test unit notebooks smoke-reference bench clean
 
 $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,15 +46,16 @@ figures: venv
 		-p run_dir runs/figures -y '{results: [results/small], split: test-first200}'
 	@echo "[medrek] figures in runs/figures/figures/, tables in runs/figures/tables/"
 
-## JupyterLab on the notebooks with the kit's environment (as root it needs --allow-root)
+## JupyterLab at the repository root (notebooks/, runs/ and results/ all visible; as root it needs --allow-root)
 lab: venv
-	$(PY) -m jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	$(PY) -m jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 ## Benchmarks (bench/results/*.json and the README table); FULL=1 adds 1e6 stored edits
 bench: venv
 	$(PY) bench/run.py $(if $(FULL),--full)
 
-## The whole test suite: unit tests, then the smoke pipeline re-executed and compared by nbval
+## The whole test suite: unit tests, then the smoke pipeline (each notebook executed once) checked
+## against the committed reference outputs (tests/fixtures/smoke_reference.json)
 test: unit notebooks
 
 unit: venv
@@ -63,8 +64,11 @@ unit: venv
 notebooks: venv
 	rm -rf $(SMOKE_RUN)
 	$(PY) -m medrek.pipeline params/smoke.yaml --run-dir $(SMOKE_RUN)
-	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
-		$(SMOKE_RUN)/notebooks
+	MEDREK_SMOKE_RUN=$(SMOKE_RUN) $(PY) -m pytest -p no:cacheprovider tests/test_smoke_outputs.py
+
+## Regenerate the smoke reference outputs from $(SMOKE_RUN) (after `make notebooks`); review the diff
+smoke-reference: venv
+	$(PY) tools/smoke_reference.py $(SMOKE_RUN)
 
 clean:
 	rm -rf runs/smoke-test .pytest_cache

@@ -15,11 +15,13 @@ def _renderer():
 
 
 def test_readme_numbers_are_what_the_files_say():
-    text = (REPO_ROOT / "README.md").read_text("utf-8")
-    rendered = _renderer().render(text)
-    if rendered != text:
-        diff = [(a, b) for a, b in zip(text.splitlines(), rendered.splitlines()) if a != b][:3]
-        raise AssertionError(f"README.md is stale; run `python tools/render_readme.py`. First differences: {diff}")
+    renderer = _renderer()
+    for page in sorted(set(renderer.PAGES.values())):
+        text = (REPO_ROOT / page).read_text("utf-8")
+        rendered = renderer.render_page(page, text)
+        if rendered != text:
+            diff = [(a, b) for a, b in zip(text.splitlines(), rendered.splitlines()) if a != b][:3]
+            raise AssertionError(f"{page} is stale; run `python tools/render_readme.py`. First differences: {diff}")
 
 
 def test_a_changed_result_changes_the_render(tmp_path, monkeypatch):
