@@ -231,11 +231,6 @@ def render() -> str:
     out += long_edits_table(load("long_edits"))
     out += training_tables([load("train_throughput_smoke"), load("train_throughput_small")], load("train_gpu"))
     out += long_targets_table(load("long_targets"))
-    e2e = load("end_to_end")
-    if e2e:
-        parts = [f"`make test` {e2e['make_test_s']:.0f} s (venv already built), of which the smoke pipeline "
-                 f"(every notebook, tiny models) {e2e['smoke_pipeline_s']:.0f} s"]
-        out += ["**End to end**: " + ", ".join(parts) + ".", ""]
     runs = [(name, load(name)) for name in ("run", "run_full")]
     runs = [f"`{'make bench FULL=1' if name == 'run_full' else 'make bench'}` {r['total_s'] / 60:.1f} min"
             for name, r in runs if r]
@@ -246,7 +241,7 @@ def render() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--readme", default=str(HERE.parent / "README.md"))
+    parser.add_argument("--readme", default=str(HERE.parent / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     text = render()
     (HERE / "results" / "TABLE.md").write_text(text)

@@ -40,3 +40,16 @@ def test_a_changed_result_changes_the_render(tmp_path, monkeypatch):
     frame.to_csv(results, index=False)
     after = renderer.eval_table()
     assert before != after and "| unedited | single | 0.500 |" in after
+
+
+def test_timings_of_make_targets_are_written_in_one_place_only():
+    """`make test` / `make quickstart` times live in the README's rendered suite section, `make bench`
+    in the rendered benchmark table: a hand-written time elsewhere would drift from them."""
+    import re
+
+    pattern = re.compile(r"`make (test|quickstart|bench)`[^.\n]{0,80}?\b\d+(\.\d+)?\s*(s|min|minutes|seconds)\b")
+    for page in ["README.md", *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))]:
+        text = (REPO_ROOT / page).read_text("utf-8")
+        text = re.sub(r"<!-- (suite|bench):start -->.*?<!-- \1:end -->", "", text, flags=re.S)  # rendered
+        found = pattern.search(text)
+        assert found is None, f"{page}: a hand-written timing {found.group(0)!r}; render it from its measurement file"
