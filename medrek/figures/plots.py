@@ -303,10 +303,11 @@ def _subject_colors(subjects: Sequence[str], top: int = 8) -> dict[str, str]:
     return {s: colors.get(s, OTHER_SUBJECTS) for s in set(subjects)}
 
 
-def plot_representation_overlap(points: pd.DataFrame, margins: pd.DataFrame) -> plt.Figure:
+def plot_representation_overlap(points: pd.DataFrame, margins: pd.DataFrame, source: str = "") -> plt.Figure:
     """Per method, a 2-D projection of edit keys (o) and queries (x) coloured by subject, and the
     distribution of nearest-wrong-key margins (own-key score minus best other key's score;
-    below 0 the query retrieves a wrong edit)."""
+    below 0 the query retrieves a wrong edit). The title names the number of requests, their
+    dataset (a ``dataset`` column) and ``source`` (e.g. the split and run)."""
     methods = _methods(points)
     single_valued(points, ["method", "record_id", "kind"], "plot_representation_overlap")
     colors = _subject_colors(points["subject"])
@@ -317,15 +318,20 @@ def plot_representation_overlap(points: pd.DataFrame, margins: pd.DataFrame) -> 
             sel = part[part["kind"] == kind]
             ax.scatter(sel["x"], sel["y"], s=9, marker=marker, c=[colors[s] for s in sel["subject"]],
                        linewidths=0.7, alpha=0.8)
-        ax.set_title(f"{method}: keys (o), queries (x)", fontsize=9)
+        ax.set_title(method, fontsize=9)
         ax.set_xlabel("PCA 1 (keys and queries jointly)")
         ax.set_ylabel("PCA 2")
-        ax.tick_params(labelsize=6)
+        ax.tick_params(labelsize=8)
     named = sorted(s for s, c in colors.items() if c != OTHER_SUBJECTS)
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[s], label=s) for s in named]
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color="grey", label="o: stored edit key"),
+               plt.Line2D([], [], marker="x", linestyle="", color="grey", label="x: query (the request's paraphrase)")]
+    handles += [plt.Line2D([], [], marker="o", linestyle="", color=colors[s], label=s) for s in named]
     handles.append(plt.Line2D([], [], marker="o", linestyle="", color=OTHER_SUBJECTS, label="other subjects"))
+    datasets = ", ".join(sorted(map(str, points["dataset"].unique()))) if "dataset" in points else "dataset not recorded"
+    fig.suptitle(f"keys and queries of {points['record_id'].nunique()} requests ({datasets}"
+                 f"{', ' + source if source else ''})", fontsize=10)
     fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, -0.02), title="subject (colour)", title_fontsize=7)
+               bbox_to_anchor=(0.5, -0.02), title="marker: what it is; colour: subject", title_fontsize=7)
     ax = axes[0][-1]
     for method in _methods(margins):
         values = margins.loc[margins["method"] == method, "margin"].sort_values()
@@ -335,7 +341,7 @@ def plot_representation_overlap(points: pd.DataFrame, margins: pd.DataFrame) -> 
     ax.set_ylabel("fraction of queries (ECDF)")
     ax.legend(fontsize=7)
     ax.set_title("nearest-wrong-key margins", fontsize=9)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0.12, 1, 0.93))
     return fig
 
 
