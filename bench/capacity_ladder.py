@@ -1,4 +1,4 @@
-"""The capacity ladder (issue 14): can T prompt tokens carry an edit, can the prompt encoder fit
+"""The capacity ladder: can T prompt tokens carry an edit, can the prompt encoder fit
 its training edits, does it carry unseen ones? One rung of one variant per call; every result
 is upserted into ``bench/results/capacity_ladder.json`` (keyed by rung, variant, n, steps).
 

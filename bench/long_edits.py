@@ -16,9 +16,11 @@ this script; every lead is reported.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -28,7 +30,9 @@ from medrek.baselines import build_method
 from medrek.data import load_requests
 from medrek.editor import EditedModel, resolve_chat_template
 from medrek.evaluate import unedited_locality_predictions
-from medrek.evaluate.experiment import EvaluationSetup, evaluate_methods, split_label
+from medrek.evaluate.experiment import EvaluationSetup, evaluate_methods, records_path, split_label
+from medrek.evaluate.protocols import Protocol
+from medrek.figures.plots import bootstrap_ci
 from medrek.models.registry import load_causal_lm
 
 CHECKPOINT = "checkpoints/small/medrek-lm-embedding"
@@ -51,14 +55,13 @@ def run_dataset(dataset: str, n: int, leads: list[str], lm_pair, run_root: Path,
     split = split_label("test", n)
     model = EditedModel(*lm_pair, chat_template=resolve_chat_template(lm_pair[1], "auto"))
     reference = unedited_locality_predictions(model, records, 16, None)
-    rows, retrievers = [], []
+    rows, ike_rows = [], {}  # retriever settings (as JSON) -> IKE's per-request rows
     for lead in leads:
         settings = LEADS[lead]
         checkpoints = {"medrek-lm-embedding": CHECKPOINT}
-        retriever = {k: v for k, v in settings.items() if k != "n_tokens"}  # what IKE depends on
-        methods = ["medrek-lm-embedding"] + (["ike"] if retriever not in retrievers else [])
+        retriever = json.dumps({k: v for k, v in settings.items() if k != "n_tokens"}, sort_keys=True)  # IKE's
+        methods = ["medrek-lm-embedding"] + (["ike"] if retriever not in ike_rows else [])
         methods += ["unedited"] if lead == leads[0] else []
-        retrievers.append(retriever)
 
         def build(name: str):
             return build_method(name, lm_pair, checkpoints=checkpoints, ike_retriever="medrek-lm-embedding",
@@ -69,13 +72,31 @@ def run_dataset(dataset: str, n: int, leads: list[str], lm_pair, run_root: Path,
                                 resume=True, max_length=None, settings={"ike": {"retriever": "medrek-lm-embedding"}})
         metrics = run_root / "metrics" / lead
         table = evaluate_methods(methods, build, records, ["single"], reference, metrics, setup)
+        per_request = {m: pd.read_csv(records_path(metrics, setup, m, Protocol("single")), dtype={"record_id": str})
+                       for m in methods}
+        ike_rows.setdefault(retriever, per_request.get("ike"))
         for method, part in table.groupby("method", sort=False):
             values = part.set_index("metric")["value"]
             rows.append({"dataset": dataset, "split": split, "lead": lead, "settings": settings,
                          "method": method, "n": int(part["n"].max()),
                          **{m: round(float(values[m]), 4) for m in METRICS if m in values}})
+            if method == "medrek-lm-embedding" and ike_rows[retriever] is not None:
+                rows[-1]["minus_ike"] = paired_differences(per_request[method], ike_rows[retriever], seed)
             print(rows[-1])
     return rows
+
+
+def paired_differences(ours: pd.DataFrame, ike: pd.DataFrame, seed: int) -> dict:
+    """Per metric, the mean of (ours - IKE) over the same requests and its 95% percentile
+    bootstrap interval (paired over requests, seeded)."""
+    both = ours.merge(ike, on="record_id", suffixes=("", "_ike"))
+    out = {}
+    for metric in ("efficacy", "generality", "locality"):
+        diff = (both[metric] - both[f"{metric}_ike"]).tolist()
+        low, high = bootstrap_ci(diff, n_boot=2000, seed=seed)
+        out[metric] = {"mean": round(float(np.mean(diff)), 4), "ci95": [round(low, 4), round(high, 4)],
+                       "n": len(diff)}
+    return out
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ second) and the split of the wall time between LM forward, vocabulary projection
 tokenisation, retrieval and the rest (Python). The unedited locality reference is timed apart.
 
 Then the acceptance check: ``--check-records`` records with 100-token targets, unedited,
-single protocol, no fluency, timed end to end (reference included). Targets (issue 18): target
+single protocol, no fluency, timed end to end (reference included). Targets: target
 tokens/s at 300-token targets at least half of that at 10-token targets; the check under 180 s
 on 2 idle cores. Writes bench/results/long_targets.json.
 """

@@ -9,7 +9,7 @@ The small config (SmolLM2-135M-Instruct + all-MiniLM-L6-v2, the paper's ``medrek
 goes (no synchronisation inside the step; GPU utilisation sampled every 50 ms by NVML or
 nvidia-smi meanwhile), then ``--steps`` more with the trainer synchronising at each phase
 boundary for the data / forward / backward / optimizer split. Writes
-bench/results/train_gpu.json with the device's name (issue 17's goal: >= 600 samples/s at batch
+bench/results/train_gpu.json with the device's name (the goal: >= 600 samples/s at batch
 16 in fp32 on one H100-class GPU).
 """
 

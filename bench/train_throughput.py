@@ -41,7 +41,7 @@ PHASES = ("data", "forward", "backward", "optimizer")
 
 class PerStepWork:
     """Wall time inside ``EditedModel.encode_pairs`` (tokenisation) and ``EditedModel.final_hidden``
-    (unedited locality states) while active: the per-step CPU work issue 17 moved out of the step."""
+    (unedited locality states) while active: the per-step CPU work the pre-tokenised rows moved out of the step."""
 
     def __init__(self) -> None:
         self.seconds = {"tokenise": 0.0, "locality_reference": 0.0}

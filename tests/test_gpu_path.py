@@ -1,4 +1,4 @@
-"""The GPU path (issue 17) checked on CPU: pre-tokenised steps equal the step that tokenised
+"""The GPU path checked on CPU: pre-tokenised steps equal the step that tokenised
 every batch, bf16 autocast is a setting, and N processes take the step one process takes."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _multi_probe(records):
 
 
 def _tokenising_step_losses(trainer, batch, prompt_tokens):
-    """The edit terms as the step computed them before issue 17: tokenise the batch's texts,
+    """The edit terms as the step computed them before the pre-tokenised rows: tokenise the batch's texts,
     one row-at-a-time unedited forward per locality row (a reference implementation)."""
     cfg, model = trainer.config, trainer.editor.model
     probes = list(batch[0].locality)

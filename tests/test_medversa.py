@@ -121,7 +121,7 @@ def test_subject_counts_and_lengths():
     assert row["value"].item() == 2.0
 
 
-# ---- cross-field leaks (issue 18): one hand-made instance of every rule ---------------------
+# ---- cross-field leaks: one hand-made instance of every rule ---------------------
 def _leaky_pool():
     """A clean pool plus exactly one exact instance of each cross-field rule, and one folded one."""
     pool = _pool(20)

@@ -1,5 +1,5 @@
 """The notebooks as users meet them: documented parameters, defaults that are the small params,
-and papermill from the repository root with nothing but a limit (issue 16)."""
+and papermill from the repository root with nothing but a limit."""
 
 from __future__ import annotations
 

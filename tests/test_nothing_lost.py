@@ -154,7 +154,7 @@ def test_duplicate_record_ids_in_a_data_file_are_refused_naming_both():
 def test_rows_past_the_context_window_are_refused_not_scored(tiny_lm, make_editor):
     model = EditedModel(*tiny_lm)
     long = "word " * (model.context_window + 10)
-    with pytest.raises(ValueError, match=r"scored row 1: \d+ positions .* exceed the LM's context window of 512"):
+    with pytest.raises(ValueError, match=r"scored row 1: \d+ positions .* exceed the LM's context window of 2048"):
         from medrek.editor import score_pairs
         score_pairs(model, ["short?", long], ["a", "b"])
     editor = make_editor()

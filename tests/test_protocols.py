@@ -237,7 +237,7 @@ def test_sequential_fluency_keeps_the_accumulated_edits(tmp_path, tiny_lm, make_
     assert spy.sizes == [2, 6]
 
 
-# ---- no silent truncation (issue 18) --------------------------------------------------------
+# ---- no silent truncation --------------------------------------------------------
 def test_encode_pairs_cuts_only_when_asked_and_marks_the_rows(tiny_lm):
     from medrek.editor import encode_pairs
 

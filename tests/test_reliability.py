@@ -1,5 +1,5 @@
 """Nothing silently wrong: result identity, training-resume identity, thread safety, crash-safe
-saves, all-or-nothing edits, the run-dir lock and typed parameters (issue 15).
+saves, all-or-nothing edits, the run-dir lock and typed parameters.
 
 Every test here failed on the code before these guarantees existed.
 """
