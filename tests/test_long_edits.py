@@ -145,3 +145,15 @@ def test_query_prefix_is_left_out_of_what_retrieval_reads(make_editor):
     assert editor.question_part(prefix) == prefix  # nothing would be left: the text as it is
     torch.testing.assert_close(editor.query_vectors([f"{prefix}\n Which hormone?"]), plain.query_vectors(["Which hormone?"]))
     assert editor.fingerprint() != plain.fingerprint()  # a result made with it says so
+
+
+def test_rows_that_did_not_fire_score_as_the_plain_lm_beside_rows_that_did(make_editor):
+    editor = working(make_editor, min_similarity=1e9)  # only exact matches fire
+    records = make_records(4)
+    editor.edit(records[:2])  # the first two fire, the others do not
+    prompts, targets = [r.prompt for r in records], [r.target_new for r in records]
+    mixed = editor.score(prompts, targets)
+    assert mixed.fired.tolist() == [True, True, False, False]
+    alone = [editor.score([p], [t]) for p, t in zip(prompts, targets)]
+    torch.testing.assert_close(mixed.nll, torch.cat([a.nll for a in alone]), atol=1e-5, rtol=1e-5)
+    assert [p.tolist() for p in mixed.predictions] == [a.predictions[0].tolist() for a in alone]

@@ -259,7 +259,12 @@ class EditedModel(nn.Module):
         otherwise hold 9,600 x V logits (1.9 GB for SmolLM2), twice. The argmax tokens (and so
         every accuracy metric) are the same as from one projection; the NLL can differ in float
         rounding (about 1e-5 for SmolLM2), since the matrix product is blocked differently.
+
+        When only some rows fired, the rows that did not run as the plain LM in their own forward
+        (not beside prompt slots they would only mask): the same numbers, fewer positions.
         """
+        if prompts is not None and fired is not None and bool(fired.any()) and not bool(fired.all()):
+            return self._split_by_fired(input_ids, attention_mask, prompts, fired, positions, labels, chunk)
         if not self._plain_head:
             return token_scores(self(input_ids, attention_mask, prompts, fired, positions=positions), labels)
         inputs, skip = self._inputs(input_ids, attention_mask, prompts, fired)
@@ -269,6 +274,19 @@ class EditedModel(nn.Module):
         if not pieces:
             return labels.new_zeros(0), torch.zeros(0, device=labels.device)
         return torch.cat([a for a, _ in pieces]), torch.cat([n for _, n in pieces])
+
+    def _split_by_fired(self, input_ids, attention_mask, prompts, fired, positions, labels, chunk):
+        """:meth:`target_scores` of the fired rows (with their prompts) and of the rest (plain),
+        put back in the order of ``positions``."""
+        row_of = positions.nonzero()[:, 0]  # [N] the row of each scored position, row-major
+        argmax, nll = labels.new_empty(len(labels)), torch.empty(len(labels), device=labels.device)
+        for part, with_prompts in ((fired, True), (~fired, False)):
+            rows = part.nonzero()[:, 0]
+            mine = part[row_of]  # [N] the positions of these rows, in the same relative order
+            a, n = self.target_scores(input_ids[rows], attention_mask[rows], prompts[rows] if with_prompts else None,
+                                      fired[rows] if with_prompts else None, positions[rows], labels[mine], chunk)
+            argmax[mine], nll[mine] = a, n.to(nll.dtype)
+        return argmax, nll
 
     def forward_bucketed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: torch.Tensor | None,
                          fired: torch.Tensor | None, positions: torch.Tensor, rows_per_chunk: int = 8) -> torch.Tensor:
