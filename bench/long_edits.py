@@ -99,6 +99,16 @@ def paired_differences(ours: pd.DataFrame, ike: pd.DataFrame, seed: int) -> dict
     return out
 
 
+def merged(rows: list[dict]) -> list[dict]:
+    """``rows`` and the rows of the last saved result that these do not replace (same dataset,
+    split, lead and method), so that one dataset or lead can be rerun alone."""
+    path = Path(__file__).parent / "results" / "long_edits.json"
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    key = lambda r: (r["dataset"], r["split"], r["lead"], r["method"])  # noqa: E731
+    new = {key(r) for r in rows}
+    return [r for r in old if key(r) not in new] + rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--medfe-n", type=int, default=100)
@@ -115,7 +125,8 @@ def main() -> None:
     sizes = {"medfe": args.medfe_n, "medversa": args.medversa_n}
     for dataset in args.datasets:
         rows += run_dataset(dataset, sizes[dataset], args.leads, lm_pair, Path(args.run_dir), args.data_dir, args.seed)
-    save("long_edits", {"checkpoint": CHECKPOINT, "leads": {k: LEADS[k] for k in args.leads}, "protocol": "single",
+    rows = merged(rows)
+    save("long_edits", {"checkpoint": CHECKPOINT, "leads": LEADS, "protocol": "single",
                         "chat_template": "auto", "seed": args.seed, "rows": rows,
                         "notes": "IKE uses the lead's retriever settings (n_tokens does not change IKE); "
                                  "edit_tokens_dropped is a total over the requests"})

@@ -1,10 +1,12 @@
-"""Run every benchmark, then render the README table. About 20 minutes on 2 cores (long_targets.py about half).
+"""Run every benchmark, then render the benchmark table (docs/benchmarks.md); the time it took is
+the table's last line (bench/results/run.json). ``bench/long_edits.py`` (about 40 minutes) and
+``bench/retrieval_ladder.py`` are run on their own.
 
     python bench/run.py [--full] [--only memory_scale edit_insertion ...]
 
 ``--full`` adds the 1e6 size to the memory benchmark (more minutes and GBs of RAM). Each script
 writes bench/results/<name>.json; bench/render.py turns them into bench/results/TABLE.md and the
-README section between its markers.
+section of docs/benchmarks.md between its markers.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ STEPS = {
     "memory_scale": ["memory_scale.py"],
     "edit_insertion": ["edit_insertion.py"],
     "inference_overhead": ["inference_overhead.py"],
+    "working_memory": ["working_memory.py"],
     "train_throughput": ["train_throughput.py", "--config", "smoke"],
     "train_throughput_small": ["train_throughput.py", "--config", "small", "--steps", "6"],
     "long_targets": ["long_targets.py"],
-    "end_to_end": ["end_to_end.py"],
 }
 
 
