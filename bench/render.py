@@ -196,7 +196,7 @@ def long_edits_table(data: dict | None) -> list[str]:
                    f"| {r['generality']:.3f} | {r['locality']:.3f} | {fmt_opt(r.get('retrieved_prompt'))} "
                    f"| {fmt_opt(r.get('retrieved_rephrase'))} | {int(r.get('edit_tokens_dropped', 0)):,} | {paired} |")
     return out + ["", "The interval is a percentile bootstrap over requests of the paired difference (2,000 "
-                      "resamples, seeded); IKE runs through the lead's retriever settings."]
+                      "resamples, seeded); IKE runs through the lead's retriever settings.", ""]
 
 
 def fmt_opt(value) -> str:
