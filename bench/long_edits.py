@@ -45,7 +45,12 @@ LEADS: dict[str, dict] = {
     # (the dataset's documented format; no other MedFE text is read to choose it)
     "whole-text+exact+question": {"n_tokens": 518, "exact_match": True,
                                   "query_prefix": "Please provide an explanation for the following fact:"},
+    # the committed editor's prompt encoder trained further on long synthetic and MedVersa edits
+    # (bench/long_edit_finetune.py; its retriever is the committed one, so IKE's rows are shared)
+    "finetuned-long": {"checkpoint": "runs/long-edit-finetune/checkpoints/finetuned-long/final", "n_tokens": 518,
+                       "exact_match": True},
 }
+DEFAULT_LEADS = ["committed", "whole-text", "whole-text+exact", "whole-text+exact+question"]
 METRICS = ["efficacy", "generality", "locality", "retrieved_prompt", "retrieved_rephrase", "edit_tokens_dropped"]
 
 
@@ -57,11 +62,11 @@ def run_dataset(dataset: str, n: int, leads: list[str], lm_pair, run_root: Path,
     reference = unedited_locality_predictions(model, records, 16, None)
     rows, ike_rows = [], {}  # retriever settings (as JSON) -> IKE's per-request rows
     for lead in leads:
-        settings = LEADS[lead]
-        checkpoints = {"medrek-lm-embedding": CHECKPOINT}
+        settings = dict(LEADS[lead])
+        checkpoints = {"medrek-lm-embedding": settings.pop("checkpoint", CHECKPOINT)}
         retriever = json.dumps({k: v for k, v in settings.items() if k != "n_tokens"}, sort_keys=True)  # IKE's
         methods = ["medrek-lm-embedding"] + (["ike"] if retriever not in ike_rows else [])
-        methods += ["unedited"] if lead == leads[0] else []
+        methods += ["unedited"] if lead == "committed" else []
 
         def build(name: str):
             return build_method(name, lm_pair, checkpoints=checkpoints, ike_retriever="medrek-lm-embedding",
@@ -77,7 +82,7 @@ def run_dataset(dataset: str, n: int, leads: list[str], lm_pair, run_root: Path,
         ike_rows.setdefault(retriever, per_request.get("ike"))
         for method, part in table.groupby("method", sort=False):
             values = part.set_index("metric")["value"]
-            rows.append({"dataset": dataset, "split": split, "lead": lead, "settings": settings,
+            rows.append({"dataset": dataset, "split": split, "lead": lead, "settings": LEADS[lead],
                          "method": method, "n": int(part["n"].max()),
                          **{m: round(float(values[m]), 4) for m in METRICS if m in values}})
             if method == "medrek-lm-embedding" and ike_rows[retriever] is not None:
@@ -113,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--medfe-n", type=int, default=100)
     parser.add_argument("--medversa-n", type=int, default=200)
-    parser.add_argument("--leads", nargs="+", default=list(LEADS), choices=list(LEADS))
+    parser.add_argument("--leads", nargs="+", default=DEFAULT_LEADS, choices=list(LEADS))
     parser.add_argument("--datasets", nargs="+", default=["medfe", "medversa"], choices=["medfe", "medversa"])
     parser.add_argument("--run-dir", default="runs/long-edits")
     parser.add_argument("--data-dir", default=None)

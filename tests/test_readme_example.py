@@ -1,5 +1,5 @@
-"""The README's editing example, run verbatim on the committed editor: the edited question gets
-the new answer, and after ``remove`` the LM answers exactly as before."""
+"""The documented editing example (docs/method.md), run verbatim on the committed editor: the
+edited question gets the new answer, and after ``remove`` the LM answers exactly as before."""
 
 import contextlib
 import io
@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def readme_example() -> str:
-    text = (REPO / "README.md").read_text("utf-8")
+    text = (REPO / "docs" / "method.md").read_text("utf-8")
     section = text.split("## Editing", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "README: no python block in the Editing section"
+    assert match, "docs/method.md: no python block in the Editing section"
     return match.group(1)
 
 

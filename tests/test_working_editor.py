@@ -126,8 +126,9 @@ def test_evaluation_refuses_an_editor_trained_with_another_chat_setting(make_edi
     assert build_method("unedited", templated_lm, chat_template="auto").model.chat_template is True
 
 
-def test_generation_check_matches_edit_generate_restore(make_editor):
-    editor = make_editor()
+@pytest.mark.parametrize("method", ["medrek", "medrek-lm-embedding"])  # fixed-size and edit-sized prompts
+def test_generation_check_matches_edit_generate_restore(make_editor, method):
+    editor = make_editor(method, n_tokens=40) if method == "medrek-lm-embedding" else make_editor()
     records = make_records(4)
     editor.memory.config.min_similarity = None
     table = generation_check(None, records, editor, max_new_tokens=5)

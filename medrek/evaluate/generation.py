@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from ..data.records import EditRecord
+from ..models.edited_lm import pad_prompts
 
 __all__ = ["generation_check", "contains_target"]
 
@@ -45,7 +46,7 @@ def generation_check(model, records: Sequence[EditRecord], editor=None, max_new_
                 rows.append(editor.row_prompts([r.prompt]))
         finally:
             editor.memory = saved
-        prompts = torch.cat([rp.prompts.cpu() for rp in rows])  # [N, T, H]
+        prompts = pad_prompts([rp.prompts.cpu() for rp in rows])  # [N, T, H], each edit left-padded to the longest
         fired = torch.cat([rp.fired.cpu() for rp in rows])  # [N]
     tok = model.tokenizer
     answers: list[str] = []
