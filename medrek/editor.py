@@ -259,7 +259,8 @@ class Editor(nn.Module):
             else:
                 k, p = self.encode_edits(p_texts, t_texts)
                 keys.append(k)
-                prompts.append(p)
+                width = self.memory.config.n_tokens  # a vector memory holds n_tokens slots per edit
+                prompts.append(pad_prompts([p.new_zeros(0, width, p.shape[2]), p]) if p.shape[1] < width else p)
                 dropped += self.edit_tokens_dropped(p_texts, t_texts)
         if any(dropped):
             cut_ids = [i for i, d in zip(ids, dropped) if d]

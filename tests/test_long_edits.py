@@ -118,6 +118,9 @@ def test_a_vector_memory_saved_before_token_ids_still_serves_the_working_editor(
     fresh.edit(records)
     questions, targets = [r.prompt for r in records], [r.target_new for r in records]
     torch.testing.assert_close(again.score(questions, targets).nll, fresh.score(questions, targets).nll)
+    more = make_records(6)[4:]
+    again.edit(more)  # new edits go into the old memory as n_tokens-wide vectors, like the stored ones
+    assert len(again.memory) == 6 and again.memory.prompts.shape[1] == 40
 
 
 def test_results_rows_count_the_edit_tokens_a_prompt_could_not_carry(make_editor, tiny_lm, tmp_path):
