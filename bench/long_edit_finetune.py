@@ -18,7 +18,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from medrek.data import load_split, records_from_json
+from medrek.data import load_split
+from medrek.data.loaders import records_from_json
 from medrek.data.synthetic import medfe_style_records
 from medrek.io import read_tensors
 from medrek.models.registry import load_causal_lm
