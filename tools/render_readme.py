@@ -60,7 +60,7 @@ def suite() -> str:
         t = json.loads(SUITE.read_text())
         if "make_test_s" in t:
             lines.append(f"Last timed from a clean clone on {t['date']} ({t['machine']}, load average "
-                         f"{t['load_1min']} when it started; {t['tests']} tests passed): `make test` "
+                         f"{t['load_1min']} while it ran, its own work included; {t['tests']} tests passed): `make test` "
                          f"**{t['make_test_s'] / 60:.1f} min** (unit tests {t['unit_s']:.0f} s, smoke pipeline "
                          f"{t['smoke_s']:.0f} s, output check {t['smoke_check_s']:.0f} s) after a set-up of "
                          f"{t['setup_s'] / 60:.1f} min; `make quickstart` {t['quickstart_s'] / 60:.1f} min with the "

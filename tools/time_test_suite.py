@@ -36,14 +36,14 @@ def main() -> int:
     # `make notebooks`, its two commands timed apart
     subprocess.run(["rm", "-rf", "runs/smoke-test"], cwd=ROOT, check=True)
     pipeline, _ = timed(".venv/bin/python", "-m", "medrek.pipeline", "params/smoke.yaml", "--run-dir", "runs/smoke-test")
-    load_before = os.getloadavg()[0]
+    load_during = os.getloadavg()[0]  # 1-minute load average after the unit tests and the smoke pipeline
     check, _ = timed("env", "MEDREK_SMOKE_RUN=runs/smoke-test", ".venv/bin/python", "-m", "pytest", "-p",
                      "no:cacheprovider", "tests/test_smoke_outputs.py")
     quickstart, _ = timed("make", "quickstart")
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-        "load_1min": round(load_before, 2),  # the machine's load average while the suite ran
+        "load_1min": round(load_during, 2),  # the machine's load while the suite ran (its own work included)
         "tests": int(passed.group(1)) if passed else None,
         "setup_s": round(setup, 1), "unit_s": round(unit, 1), "smoke_s": round(pipeline, 1),
         "smoke_check_s": round(check, 1), "make_test_s": round(unit + pipeline + check, 1),
