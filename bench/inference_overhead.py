@@ -15,8 +15,9 @@ are at most 1.10 (generation) and 1.15 (scoring) on CPU.
 Retrieval's share (query encoding, search and building the prompts of the edits that fired:
 ``Editor.lookup``, which generation and scoring call) is timed inside the edited calls; the rest
 of the overhead is the LM reading the prompt positions of every row that fired. Every queried
-and scored row fires its own edit here (the worst case); ``--mix`` adds as many rows that fire
-nothing (locality prompts) to a second scoring job, as a user's traffic would.
+and scored row fires its own edit here (the worst case); the ``_mixed`` jobs add as many rows that fire
+nothing (locality prompts) to a second scoring and a second generation job, as a user's traffic
+would.
 """
 
 from __future__ import annotations
@@ -75,9 +76,15 @@ def main() -> None:
     mixed_targets = targets + [r.locality[name].answer for r in records[: args.n_score] for name in list(r.locality)[:1]]
     result["fired_on_mixed"] = int(editor.retrieve(mixed_prompts).fired.sum())
     result["n_mixed"] = len(mixed_prompts)
+    locality_texts = [r.locality[name].prompt for r in records[: args.n_queries] for name in list(r.locality)[:1]]
+    mixed_texts = [t for pair in zip(texts, locality_texts) for t in pair]  # interleaved: every batch is mixed
+    result["fired_on_mixed_queries"] = int(editor.retrieve(mixed_texts).fired.sum())
+    result["n_mixed_queries"] = len(mixed_texts)
     jobs = {
         "generate": lambda use: editor.generate(texts, max_new_tokens=args.max_new_tokens,
                                                 min_new_tokens=args.max_new_tokens, use_memory=use),
+        "generate_mixed": lambda use: editor.generate(mixed_texts, max_new_tokens=args.max_new_tokens,
+                                                      min_new_tokens=args.max_new_tokens, use_memory=use),
         "score": lambda use: editor.score(prompts, targets, use_memory=use),
         "score_mixed": lambda use: editor.score(mixed_prompts, mixed_targets, use_memory=use),
     }
@@ -111,6 +118,7 @@ def main() -> None:
     result["generation_overhead_ratio"] = best["generate_edited"] / best["generate_unedited"]
     result["scoring_overhead_ratio"] = best["score_edited"] / best["score_unedited"]
     result["mixed_scoring_overhead_ratio"] = best["score_mixed_edited"] / best["score_mixed_unedited"]
+    result["mixed_generation_overhead_ratio"] = best["generate_mixed_edited"] / best["generate_mixed_unedited"]
     result["score_unedited_rows_per_s"] = len(prompts) / best["score_unedited"]
     result["score_edited_rows_per_s"] = len(prompts) / best["score_edited"]
     # Shares of the edited time: retrieval; the rest of the overhead is the LM reading the prompt

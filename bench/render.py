@@ -151,6 +151,9 @@ def inference_overhead(inf: dict | None) -> list[str]:
                 f"**{inf['generation_overhead_ratio']:.3f}**, scoring **{inf['scoring_overhead_ratio']:.3f}**.", ""]
     mixed = (f"; scoring a mix of those pairs and as many locality prompts ({inf['fired_on_mixed']} of "
              f"{inf['n_mixed']} rows fire) **{inf['mixed_scoring_overhead_ratio']:.3f}**") if "n_mixed" in inf else ""
+    if "mixed_generation_overhead_ratio" in inf:
+        mixed += (f"; generating for the prompts and as many locality prompts ({inf['fired_on_mixed_queries']} of "
+                  f"{inf['n_mixed_queries']} fire) **{inf['mixed_generation_overhead_ratio']:.3f}**")
     return [f"**Inference overhead** ({inf['method']} from `{inf['checkpoint']}`, its memory storing "
             f"{inf['prompt_store']}, {inf['n_edits']:,} stored edits, SmolLM2-135M; best of {inf['repeat']} "
             f"alternating runs, query encoding included): generation ({inf['n_queries']} prompts, "

@@ -355,6 +355,9 @@ class Editor(nn.Module):
         out: list[str] = []
         generate_kwargs.setdefault("do_sample", False)
         for part in batches(len(texts), batch_size):
+            # one generate call per batch, rows that fired nothing included: decoding is paced by
+            # its steps, so splitting a batch into fired and unfired calls costs more (measured
+            # by bench/inference_overhead.py) than the masked prompt slots it would save
             batch = self.model.encode_queries(list(texts[part]))
             rp = self.row_prompts(texts[part]) if use_memory else RowPrompts()
             lengths = self.model.row_lengths(batch["attention_mask"], rp.prompts, rp.fired)

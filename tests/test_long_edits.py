@@ -160,3 +160,14 @@ def test_rows_that_did_not_fire_score_as_the_plain_lm_beside_rows_that_did(make_
     alone = [editor.score([p], [t]) for p, t in zip(prompts, targets)]
     torch.testing.assert_close(mixed.nll, torch.cat([a.nll for a in alone]), atol=1e-5, rtol=1e-5)
     assert [p.tolist() for p in mixed.predictions] == [a.predictions[0].tolist() for a in alone]
+
+
+def test_generation_of_rows_that_did_not_fire_is_the_plain_lms_beside_rows_that_did(make_editor):
+    """Masked prompt slots change nothing: a mixed batch generates what each row generates alone."""
+    editor = working(make_editor, min_similarity=1e9)  # only exact matches fire
+    records = make_records(4)
+    editor.edit(records[:2])
+    questions = [r.prompt for r in records]
+    together = editor.generate(questions, max_new_tokens=6)
+    assert together == [editor.generate([q], max_new_tokens=6)[0] for q in questions]
+    assert together[2:] == editor.generate(questions[2:], max_new_tokens=6, use_memory=False)
