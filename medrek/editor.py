@@ -23,8 +23,7 @@ from torch import nn
 
 from .data.records import EditRecord, unencodable_at
 from .config import check_fields, check_keys
-from .io import (CheckpointError, atomic_path, file_sha256, read_checkpoint_meta, read_json, read_tensors,
-                 resolve_link, write_json)
+from .io import CheckpointError, atomic_path, file_sha256, read_checkpoint_meta, read_tensors, resolve_link, write_json
 from .memory import SCORES, EditMemory, Explanation, Lookup, MemoryConfig, Retrieval
 from .methods import edit_text, get_preset
 from .models.edited_lm import (CHAT_TEMPLATE_SETTINGS, EditedModel, PairBatch, RowPrompts, ScoreResult, batches,
@@ -196,8 +195,8 @@ class Editor(nn.Module):
         """Keys [N, d] and prompt tokens [N, T, H] of edits (differentiable; the trainer uses it)."""
         texts = [edit_text(p, t) for p, t in zip(prompts, targets)]
         tokens = None
-        if self.prompt_encoder.needs_lm_tokens:
-            tokens = self.model.embed_texts(texts, self.prompt_encoder.config.text_slots)
+        if self.prompt_encoder.needs_lm_tokens:  # the tokens edit() stores: one rule for what is carried
+            tokens = self.model.embed_ids(self.edit_token_rows(prompts, targets)[0])
             values = self.encoder.knowledge(texts)
         elif self.prompt_encoder.needs_tokens:
             tokens = self.encoder.encode_tokens(texts)
@@ -398,7 +397,7 @@ class Editor(nn.Module):
         if with_memory:  # first: a memory that cannot be saved changes nothing
             self.memory.owner = self.fingerprint()
             self.memory.save(folder / "memory")
-            memory_sha256 = read_json(folder / "memory" / "memory.json")["content_sha256"]
+            memory_sha256 = self.memory.content_sha256
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
         with atomic_path(folder / "editor.safetensors") as tmp:
             save_file(tensors, str(tmp))

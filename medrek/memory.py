@@ -306,7 +306,7 @@ class EditMemory:
         self._index = self._new_index()
         self._lock = threading.RLock()  # around every mutation and every lookup
         self.owner: str | None = None  # fingerprint of the editor whose encoders made the keys and prompts
-        self.content_sha256: str | None = None  # of the memory.json it was loaded from (None: not loaded)
+        self.content_sha256: str | None = None  # of the memory.json last loaded or saved (None: neither)
         self.verify = verify  # the second look of verify_k > 0 (not saved: it belongs to the editor)
         self.build_prompts = build_prompts  # token ids -> prompts, for prompt_store "token_ids" (the editor's)
 
@@ -544,10 +544,8 @@ class EditMemory:
                              "build_prompts to make prompts (use Editor.lookup, or set memory.build_prompts)")
         built = self.build_prompts([self.token_rows.row(r).long() for r in unique]).detach().float().cpu()  # [U, T, H]
         out = torch.zeros(b, built.shape[1], hidden)
-        where = {r: u for u, r in enumerate(unique)}
-        for i, r in enumerate(rows.tolist()):
-            if r >= 0:
-                out[i] = built[where[r]]
+        fired = rows >= 0
+        out[fired] = built[torch.searchsorted(torch.tensor(unique), rows[fired])]  # each row's edit among the built
         return out
 
     def explain(self, query: torch.Tensor, text: str | None = None) -> Explanation:
@@ -587,16 +585,25 @@ class EditMemory:
             gates["min_margin"] = score - proto >= cfg.min_margin
         return gates
 
-    def _blocked_by(self, r: Retrieval) -> tuple[str, ...]:
-        """The gates the single query of ``r``'s top-1 failed, each with its numbers."""
+    def _failed_gates(self, r: Retrieval) -> list[tuple[str, str, str]]:
+        """The gates the single query of ``r``'s top-1 failed: (gate, its numbers, in words)."""
         cfg = self.config
         score, proto, verified = float(r.scores[0]), float(r.prototype_scores[0]), float(r.verified[0])
-        numbers = {"prototype": f"score {score:.4f} <= prototype {proto:.4f}",
-                   "min_verified": f"{verified:.3f} < {cfg.min_verified:.3f}",
-                   "min_similarity": f"{score:.4f} < {cfg.min_similarity}",
-                   "min_margin": f"lead over the prototype {score - proto:.4f} < {cfg.min_margin}"}
-        return tuple(f"{gate} ({numbers[gate]})" for gate, passed in
-                     self._gates(r.scores, r.prototype_scores, r.verified).items() if not bool(passed[0]))
+        texts = {"prototype": (f"score {score:.4f} <= prototype {proto:.4f}",
+                               f"score {score:.4f} does not beat the prototype's {proto:.4f}"),
+                 "min_verified": (f"{verified:.3f} < {cfg.min_verified:.3f}",
+                                  f"verifier's probability {verified:.3f} (the best of the top {cfg.verify_k}) is "
+                                  f"below min_verified {cfg.min_verified:.3f}"),
+                 "min_similarity": (f"{score:.4f} < {cfg.min_similarity}",
+                                    f"score {score:.4f} is below min_similarity {cfg.min_similarity}"),
+                 "min_margin": (f"lead over the prototype {score - proto:.4f} < {cfg.min_margin}",
+                                f"margin over the prototype {score - proto:.4f} is below min_margin {cfg.min_margin}")}
+        return [(gate, *texts[gate]) for gate, passed in self._gates(r.scores, r.prototype_scores, r.verified).items()
+                if not bool(passed[0])]
+
+    def _blocked_by(self, r: Retrieval) -> tuple[str, ...]:
+        """The gates the single query of ``r``'s top-1 failed, each with its numbers."""
+        return tuple(f"{gate} ({numbers})" for gate, numbers, _ in self._failed_gates(r))
 
     def _reason(self, r: Retrieval) -> str:
         """Why the single query of ``r`` fired, or which gates stopped it, in words."""
@@ -611,14 +618,7 @@ class EditMemory:
         if row >= 0:
             extra = f", verifier {verified:.3f}" if cfg.verify_k > 0 else ""
             return f"{name} fired: {cfg.score} score {score:.4f}, prototype {proto:.4f}{extra}, every gate passed"
-        why = {"prototype": f"score {score:.4f} does not beat the prototype's {proto:.4f}",
-               "min_verified": f"verifier's probability {verified:.3f} (the best of the top {cfg.verify_k}) is below "
-                               f"min_verified {cfg.min_verified:.3f}",
-               "min_similarity": f"score {score:.4f} is below min_similarity {cfg.min_similarity}",
-               "min_margin": f"margin over the prototype {score - proto:.4f} is below min_margin {cfg.min_margin}"}
-        failed = [why[gate] for gate, passed in self._gates(r.scores, r.prototype_scores, r.verified).items()
-                  if not bool(passed[0])]
-        return f"nothing fired: the top-1 is {name}, but its " + "; and its ".join(failed)
+        return f"nothing fired: the top-1 is {name}, but its " + "; and its ".join(why for _, _, why in self._failed_gates(r))
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -645,6 +645,7 @@ class EditMemory:
             meta["tensors_sha256"] = file_sha256(tmp / "memory.safetensors")
             meta["content_sha256"] = content_sha256(meta)
             write_text(tmp / "memory.json", json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+        self.content_sha256 = meta["content_sha256"]
         return path
 
     @classmethod

@@ -21,10 +21,11 @@ from smoke_reference import REFERENCE, collect  # noqa: E402
 
 TOLERANCE = 0.02
 NUMBER = re.compile(r"[-+]?\d+\.\d+|[-+]?\d+")
+TOKEN = re.compile(f"{NUMBER.pattern}|\\S")  # a number, else one non-space character
 
 
 def tokens(text: str) -> list[str]:
-    return re.findall(r"[-+]?\d+\.\d+|[-+]?\d+|\S", text)
+    return TOKEN.findall(text)
 
 
 def same(expected: str, got: str) -> bool:
