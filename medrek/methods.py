@@ -7,7 +7,9 @@
 * ``medrek-no-attention``: shared keys with a linear prompt encoder (ablation);
 * ``token_attention``: shared keys with the token-level attention prompt encoder (kit variant);
 * ``medrek-lm-embedding``: shared keys; the prompt is the LM's own embeddings of the edit text in
-  a learned frame (the kit's working variant: see ``bench/capacity_ladder.py`` for why).
+  a learned frame (the kit's working variant: see ``bench/capacity_ladder.py`` for why);
+* ``recipe-lm-embedding``: RECIPE's key k(prompt + target) with the working variant's prompt
+  encoder: ``medrek-lm-embedding`` without the shared query-key space (its twin in the claims table).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ PRESETS: dict[str, MethodPreset] = {
         MethodPreset("medrek-no-attention", True, "linear"),
         MethodPreset("token_attention", True, "token_attention"),
         MethodPreset("medrek-lm-embedding", True, "lm_embedding"),
+        MethodPreset("recipe-lm-embedding", False, "lm_embedding"),
     )
 }
 

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pandas as pd
 import pytest
@@ -34,9 +35,12 @@ def _weights(trainer):
     return {k: v.clone() for k, v in trainer.editor.trainable_state_dict().items()}
 
 
-@pytest.mark.parametrize("method", ["medrek", "recipe", "medrek-no-shared-qk", "medrek-no-attention", "token_attention"])
+@pytest.mark.parametrize("method", ["medrek", "recipe", "medrek-no-shared-qk", "medrek-no-attention", "token_attention",
+                                    "recipe-lm-embedding"])
 def test_every_method_trains_and_logs_each_term(tmp_path, tiny_lm, method):
-    trainer = Trainer(_config(method=method, steps=3, eval_every=3), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
+    slots = {"n_tokens": 40} if method.endswith("lm-embedding") else {}  # the frame (6) plus text slots
+    trainer = Trainer(_config(method=method, steps=3, eval_every=3, **slots), _records(), _records(8, 100), tmp_path,
+                      lm=tiny_lm)
     summary = trainer.train()
     log = pd.read_csv(tmp_path / "metrics" / f"train_log_{method}.csv")
     assert log["step"].tolist() == [1, 2, 3] and summary["steps"] == 3
@@ -45,6 +49,44 @@ def test_every_method_trains_and_logs_each_term(tmp_path, tiny_lm, method):
     valid = pd.read_csv(tmp_path / "metrics" / f"train_valid_{method}.csv")
     assert {"efficacy", "generality", "locality", "retrieval_prompt", "false_retrieval_locality"} <= set(valid["metric"])
     assert (tmp_path / "checkpoints" / method / "best" / "editor.safetensors").is_file()
+
+
+def test_avg_firing_never_keeps_a_checkpoint_whose_gate_never_fired(tmp_path, tiny_lm, monkeypatch):
+    # validations scripted: step 3 has the higher Avg but fires nothing (the unedited LM's Avg)
+    scripted = iter([
+        {"avg": 0.9, "retrieval_prompt": 0.0, "retrieval_rephrase": 0.0},
+        {"avg": 0.5, "retrieval_prompt": 0.25, "retrieval_rephrase": 0.0},
+    ])
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(scripted))
+    trainer = Trainer(_config(select="avg_firing"), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
+    trainer.train()
+    assert trainer.best_avg == 0.5
+    assert json.loads((tmp_path / "checkpoints" / "medrek" / "best" / "trainer.json").read_text())["step"] == 6
+
+
+def test_avg_keeps_the_best_avg_even_if_nothing_fired(tmp_path, tiny_lm, monkeypatch):
+    scripted = iter([
+        {"avg": 0.9, "retrieval_prompt": 0.0, "retrieval_rephrase": 0.0},
+        {"avg": 0.5, "retrieval_prompt": 0.25, "retrieval_rephrase": 0.0},
+    ])
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(scripted))
+    trainer = Trainer(_config(select="avg"), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
+    trainer.train()
+    assert trainer.best_avg == 0.9
+
+
+def test_avg_firing_falls_back_to_the_last_checkpoint_with_a_warning(tmp_path, tiny_lm, monkeypatch):
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"avg": 0.9, "retrieval_prompt": 0.0,
+                                                           "retrieval_rephrase": 0.0})
+    trainer = Trainer(_config(select="avg_firing"), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
+    with pytest.warns(UserWarning, match="no validation fired"):
+        trainer.train()
+    assert (tmp_path / "checkpoints" / "medrek" / "best" / "editor.safetensors").is_file()
+
+
+def test_unknown_select_is_refused():
+    with pytest.raises(ValueError, match="select"):
+        _config(select="best")
 
 
 def test_training_lowers_the_edit_loss(tmp_path, tiny_lm):

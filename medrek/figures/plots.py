@@ -23,7 +23,7 @@ __all__ = ["style", "save_figure", "plot_subject_distribution", "plot_length_dis
 
 # One colour per method in every figure (Okabe-Ito; grey for the unedited LM).
 METHOD_COLORS = {
-    "unedited": "#999999", "medrek-lm-embedding": "#882255", "medrek": "#0072B2", "recipe": "#E69F00", "ike": "#009E73",
+    "unedited": "#999999", "medrek-lm-embedding": "#882255", "recipe-lm-embedding": "#CC6677", "medrek": "#0072B2", "recipe": "#E69F00", "ike": "#009E73",
     "ft-l": "#D55E00", "memit": "#CC79A7", "medrek-no-shared-qk": "#56B4E9", "medrek-no-attention": "#F0E442",
     "token_attention": "#000000",
 }

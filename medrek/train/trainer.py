@@ -45,14 +45,15 @@ from .checkpoint import load_training_state, restore_optimizer, save_training_ch
 from .parallel import SingleProcess
 from .rows import LocalityReference, TrainingRows
 
-__all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "PRECISIONS", "method_configs", "configs_from_parameters",
+__all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "PRECISIONS", "SELECTIONS", "selectable", "method_configs", "configs_from_parameters",
            "read_training_logs"]
 
 
 LOSS_TERMS = ("q1", "q2", "q3", "edit_rel", "edit_gen", "locality")
 # Fields that may change when a run is resumed (the schedule's length and the bookkeeping).
-RESUMABLE_CHANGES = {"steps", "eval_every", "checkpoint_every", "log_every", "progress"}
+RESUMABLE_CHANGES = {"steps", "eval_every", "checkpoint_every", "log_every", "progress", "select"}
 PRECISIONS = ("fp32", "bf16")
+SELECTIONS = ("avg", "avg_firing")  # how the best checkpoint is chosen (TrainConfig.select)
 STEP_PHASES = ("data", "forward", "backward", "optimizer")  # the step-time breakdown in the log
 
 
@@ -87,6 +88,7 @@ class TrainConfig(EditorConfig):
     # bookkeeping
     eval_every: int = 200
     eval_size: int = 100
+    select: str = "avg"  # best checkpoint: avg | avg_firing (only validations where some own edit fired)
     checkpoint_every: int = 200
     log_every: int = 10
     seed: int = 42
@@ -98,6 +100,8 @@ class TrainConfig(EditorConfig):
         check_fields(self, TrainConfig, "TrainConfig")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose constant or cosine")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"unknown select {self.select!r}; choose one of {SELECTIONS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
         if self.batch_size < 2:
@@ -515,7 +519,7 @@ class Trainer:
             if at_eval and main:
                 result = self.validate()
                 valid_log.append([{"step": self.step, "metric": k, "value": round(v, 6)} for k, v in result.items()])
-                if result["avg"] > self.best_avg:
+                if selectable(result, cfg.select) and result["avg"] > self.best_avg:
                     self.best_avg = result["avg"]
                     self.save_checkpoint(self.best_checkpoint)
             if at_ckpt and main:
@@ -524,6 +528,10 @@ class Trainer:
                 self.group.barrier()  # the others wait for validation and checkpoints
         if main:
             log.append(rows)
+            if self.step == cfg.steps and cfg.eval_every and not math.isfinite(self.best_avg):
+                warnings.warn(f"{cfg.method}: no validation fired an own edit (select: {cfg.select}); the best "
+                              "checkpoint is the last one", stacklevel=2)
+                self.save_checkpoint(self.best_checkpoint)
         bar.close()
         elapsed = time.perf_counter() - started
         done = self.step - start_step
@@ -531,6 +539,15 @@ class Trainer:
                 "seconds": round(elapsed, 2),
                 "samples_per_second": round(cfg.batch_size * done / elapsed, 3) if done else None,
                 "best_avg": self.best_avg if math.isfinite(self.best_avg) else None}
+
+
+def selectable(result: Mapping[str, float], select: str) -> bool:
+    """May a validation ``result`` become the best checkpoint? ``avg``: always; ``avg_firing``: only
+    if the retrieval gate fired some record's own edit (a gate that never fires is the unedited LM,
+    whose Avg can beat every editor that edits)."""
+    if select == "avg":
+        return True
+    return result["retrieval_prompt"] > 0 or result["retrieval_rephrase"] > 0
 
 
 def read_training_logs(run_dir: str | os.PathLike[str], names: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
