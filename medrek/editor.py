@@ -35,7 +35,7 @@ from .models.verifier import QuestionVerifier, VerifierConfig
 from .models.registry import load_causal_lm, load_encoder
 
 __all__ = ["EditorConfig", "EditedModel", "Editor", "EditTextCutWarning", "PairBatch", "RowPrompts", "ScoreResult",
-           "auto_edit_id", "encode_pairs", "pad_prompts", "score_pairs", "CHAT_TEMPLATE_SETTINGS", "check_chat_template",
+           "auto_edit_id", "checkpoint_fingerprint", "weights_fingerprint", "encode_pairs", "pad_prompts", "score_pairs", "CHAT_TEMPLATE_SETTINGS", "check_chat_template",
            "check_max_length", "resolve_chat_template"]
 
 FORMAT = "medrek.Editor/1"
@@ -115,6 +115,39 @@ def check_saved_together(meta: Mapping[str, Any], memory: EditMemory, meta_path:
     if memory.content_sha256 != meta["memory_sha256"]:
         raise CheckpointError(f"{memory_path}: not the memory saved with these weights ({meta_path} names memory "
                               f"{str(meta['memory_sha256'])[:12]}, the folder holds {str(memory.content_sha256)[:12]})")
+
+
+def weights_fingerprint(config: EditorConfig, tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of an editor's config and trained weights (:meth:`Editor.fingerprint`)."""
+    config = asdict(config)
+    for name, default in RETRIEVAL_DEFAULTS.items():  # settings added later: absent at their default,
+        if config[name] == default:  # so editors, memories and results saved before them keep their fingerprint
+            del config[name]
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8"))
+    for name, value in sorted(tensors.items()):
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode("utf-8"))
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def checkpoint_fingerprint(folder: str | os.PathLike[str]) -> str:
+    """The fingerprint of a saved editor, read from its files without loading any model (the
+    identity its results and memories record)."""
+    _, config = _saved_config(Path(folder))
+    return weights_fingerprint(config, read_tensors(Path(folder) / "editor.safetensors"))
+
+
+def _saved_config(folder: Path) -> tuple[dict[str, Any], EditorConfig]:
+    """``editor.json``'s contents and its config, refused by file and field if not ours."""
+    meta_path = folder / "editor.json"
+    meta = read_checkpoint_meta(meta_path, FORMAT, "editor checkpoint")
+    config = {"chat_template": "none", **meta["config"]}  # editors saved before the setting asked plainly
+    check_keys(config, [f.name for f in fields(EditorConfig)], f"{meta_path}: config")
+    try:
+        return meta, EditorConfig(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path}: {exc}") from None
 
 
 def auto_edit_id(prompt: str, target: str) -> str:
@@ -377,16 +410,7 @@ class Editor(nn.Module):
 
     def fingerprint(self) -> str:
         """sha256 of this editor's config and trained weights: what made a memory or a result."""
-        config = asdict(self.config)
-        for name, default in RETRIEVAL_DEFAULTS.items():  # settings added later: absent at their default,
-            if config[name] == default:  # so editors, memories and results saved before them keep their fingerprint
-                del config[name]
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8"))
-        for name, value in sorted(self.trainable_state_dict().items()):
-            value = value.detach().cpu().contiguous()
-            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode("utf-8"))
-            digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-        return digest.hexdigest()
+        return weights_fingerprint(self.config, self.trainable_state_dict())
 
     def save(self, folder: str | os.PathLike[str], with_memory: bool = False) -> Path:
         """``folder/editor.safetensors`` + ``folder/editor.json`` (config, sizes and the sha256
@@ -436,13 +460,7 @@ class Editor(nn.Module):
         """Rebuild an editor from ``save``; the LM may be passed in to avoid reloading it."""
         folder = Path(folder)
         meta_path = folder / "editor.json"
-        meta = read_checkpoint_meta(meta_path, FORMAT, "editor checkpoint")
-        config = {"chat_template": "none", **meta["config"]}  # editors saved before the setting asked plainly
-        check_keys(config, [f.name for f in fields(EditorConfig)], f"{meta_path}: config")
-        try:
-            config = EditorConfig(**config)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{meta_path}: {exc}") from None
+        meta, config = _saved_config(folder)
         weights = folder / "editor.safetensors"
         if meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
             raise CheckpointError(f"{weights}: sha256 differs from the one recorded in {meta_path} (a corrupt file, "

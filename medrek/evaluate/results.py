@@ -16,7 +16,7 @@ import pandas as pd
 from ..io import read_json, write_csv, write_json
 from .protocols import RESULT_COLUMNS
 
-__all__ = ["KEY_COLUMNS", "upsert_results", "read_results", "read_per_record"]
+__all__ = ["KEY_COLUMNS", "upsert_results", "read_results", "read_per_record", "read_growth_records"]
 
 KEY_COLUMNS = [c for c in RESULT_COLUMNS if c not in ("value", "n")]
 
@@ -86,3 +86,22 @@ def read_per_record(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
             frames.append(frame.assign(**{k: labels[k] for k in ("method", "dataset", "split", "protocol", "batch_size",
                                                                    "seed", "run_id", "lm")}))
     return pd.concat(frames, ignore_index=True)
+
+
+def read_growth_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Every per-request memory-growth table (``metrics/growth_<dataset>_<method>.csv``, with a
+    ``stored`` column) of the given runs, labelled with its method and dataset (read from its
+    sidecar JSON). Empty when the runs have none."""
+    frames = []
+    for p in paths:
+        for csv in sorted((Path(p) / "metrics").glob("growth_*_*.csv")):
+            sidecar = csv.with_suffix(".json")
+            if not sidecar.exists():
+                raise FileNotFoundError(f"{csv}: its settings file {sidecar.name} is missing")
+            meta = read_json(sidecar)
+            labels = meta.get("labels") or {}
+            if "method" not in meta or "dataset" not in labels:
+                raise ValueError(f"{sidecar}: lacks the method or labels.dataset (written by an older kit?)")
+            frame = pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype={"record_id": str, "subject": str})
+            frames.append(frame.assign(method=meta["method"], dataset=labels["dataset"], run=str(p)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

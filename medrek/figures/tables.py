@@ -17,7 +17,7 @@ from ..io import write_csv, write_text
 from .plots import METHOD_ORDER, single_valued
 
 __all__ = ["MAIN_METRICS", "main_table", "ablation_table", "subject_table", "best_mask", "to_markdown", "to_latex",
-           "write_table", "ABLATIONS"]
+           "write_table", "ABLATIONS", "BY_DEFINITION", "claims_markdown"]
 
 MAIN_METRICS = ["efficacy", "generality", "locality", "avg", "fluency"]
 ABLATIONS = ["medrek", "medrek-no-shared-qk", "medrek-no-attention", "token_attention", "recipe"]
@@ -66,13 +66,28 @@ def subject_table(per_record: pd.DataFrame, metrics: Sequence[str] = ("efficacy"
     return table.join(counts).sort_values(("n", ""), ascending=False)
 
 
-def best_mask(table: pd.DataFrame) -> pd.DataFrame:
-    """True where a value is its column's best (highest; ties all marked)."""
-    return table.eq(table.max(axis=0), axis=1) & table.notna()
+# Values that hold by definition, never marked best: (method, metric).
+BY_DEFINITION = {("unedited", "locality")}
+
+
+def _metric(column) -> str:
+    return str(column[-1]) if isinstance(column, tuple) else str(column)
+
+
+def best_mask(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """True where a value, rounded to ``digits`` as shown, is its column's best (highest; ties all
+    marked). Values that hold by definition (:data:`BY_DEFINITION`, e.g. the unedited LM's
+    locality, 1 by construction) are neither marked nor compared."""
+    shown = table.round(digits)
+    for j, column in enumerate(table.columns):
+        for i, method in enumerate(table.index):
+            if (str(method), _metric(column)) in BY_DEFINITION:
+                shown.iat[i, j] = float("nan")
+    return shown.eq(shown.max(axis=0), axis=1) & shown.notna()
 
 
 def _cells(table: pd.DataFrame, bold: str, digits: int) -> list[list[str]]:
-    best = best_mask(table)
+    best = best_mask(table, digits)
     rows = []
     for i in range(len(table)):
         row = []
@@ -120,3 +135,34 @@ def write_table(table: pd.DataFrame, stem: str | os.PathLike[str], caption: str,
     return [write_csv(stem.with_suffix(".csv"), flat.reset_index()),
             write_text(stem.with_suffix(".md"), f"{caption}\n\n{to_markdown(table, digits)}"),
             write_text(stem.with_suffix(".tex"), to_latex(table, caption, label, digits))]
+
+
+def _interval(row: pd.Series, scale: float) -> str:
+    if not row["n"]:
+        return "missing"
+    return f"{row['difference'] * scale:+.1f} [{row['low'] * scale:+.1f}, {row['high'] * scale:+.1f}]"
+
+
+def claims_markdown(claims: pd.DataFrame, scale: float = 100.0) -> str:
+    """The claims table (:func:`medrek.evaluate.claims.claim_table`) as Markdown: one line per
+    comparison, the paper-faithful and the working pair side by side (a vs b, the difference a - b
+    with its 95% interval, x100, and the verdict), n per pair."""
+    pairs = list(dict.fromkeys(claims["pair"]))
+    header = ["claim", "metric", "compared"]
+    for pair in pairs:
+        header += [f"{pair}: a vs b", f"{pair}: a - b [95% CI]", f"{pair}: n", f"{pair}: verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---" + "|---:|---:|---:|---" * len(pairs) + "|"]
+    for _, group in claims.groupby("comparison", sort=True):
+        first = group.iloc[0]
+        side_a, side_b = first["a"].split(" (", 1)[1][:-1], first["b"].split(" (", 1)[1][:-1]
+        compared = (f"{side_a} vs {side_b}" if side_a != side_b else f"{side_a}")
+        cells = [first["claim"], first["metric"] + (" (lower is better)" if first["better"] == "lower" else ""), compared]
+        for pair in pairs:
+            row = group[group["pair"] == pair].iloc[0]
+            name_a, name_b = row["a"].split(" (")[0], row["b"].split(" (")[0]
+            names = name_a if name_a == name_b else f"{name_a} vs {name_b}"
+            if row["n"]:
+                names += f": {row['mean_a'] * scale:.1f} vs {row['mean_b'] * scale:.1f}"
+            cells += [names, _interval(row, scale), str(int(row["n"])), f"**{row['verdict']}**"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
