@@ -12,7 +12,7 @@ export MPLBACKEND ?= Agg
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart reproduce evaluate figures lab test unit notebooks smoke-reference bench clean
+.PHONY: venv quickstart reproduce long-edits evaluate figures lab test unit notebooks smoke-reference bench clean
 
 $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ quickstart: venv
 ## The main job: every notebook in order with $(PARAMS) into runs/<params name>/
 reproduce: venv
 	$(PY) -m medrek.pipeline $(PARAMS) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(ONLY),--only $(ONLY))
+
+## The long-edit editor: notebook 02 fine-tunes the committed working editor on long edits (~10 minutes)
+long-edits: venv
+	$(PY) -m medrek.pipeline params/small-long-edits.yaml $(if $(RUN_DIR),--run-dir $(RUN_DIR)) --only 02_train_medrek
 
 ## Evaluation and figures only (notebooks 03-05), with the committed trained editors: no training
 evaluate: venv

@@ -14,26 +14,16 @@ others. This is an experiment: the committed editor is not replaced by it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from medrek.data import load_split
-from medrek.data.loaders import records_from_json
-from medrek.data.synthetic import medfe_style_records
+from medrek.data.synthetic import long_edit_records
 from medrek.io import read_tensors
 from medrek.models.registry import load_causal_lm
 from medrek.train import TrainConfig, Trainer
 
 CHECKPOINT = Path("checkpoints/small/medrek-lm-embedding")
-
-
-def long_records(n: int, seed: int, start: int = 0):
-    """Synthetic long edits with MedVersa's single locality probe (the mix needs one probe shape)."""
-    raw = medfe_style_records(n + start, target_words=60, seed=seed)[start:]
-    records = records_from_json(raw, "medfe", f"<synthetic long edits, seed {seed}>")
-    return [dataclasses.replace(r, record_id=f"synthetic-{seed}-{r.record_id}",
-                                locality={"locality": r.locality["topic"]}) for r in records]
 
 
 def main() -> None:
@@ -46,8 +36,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     saved = json.loads((CHECKPOINT / "editor.json").read_text())["config"]
-    train = load_split("medversa", "train", args.data_dir)[: args.n_short] + long_records(args.n_long, seed=1)
-    valid = load_split("medversa", "valid", args.data_dir)[:50] + long_records(50, seed=2)
+    train = load_split("medversa", "train", args.data_dir)[: args.n_short] + long_edit_records(args.n_long, seed=1)
+    valid = load_split("medversa", "valid", args.data_dir)[:50] + long_edit_records(50, seed=2)
     config = TrainConfig(**{**saved, "n_tokens": 160}, batch_size=4, steps=args.steps, lr_encoder=1e-5, lr_prompt=1e-4,
                          warmup_steps=8, schedule="cosine", grad_clip=1.0, weight_q1=0.0, weight_q2=0.0,
                          weight_q3=0.0, retrieval_steps=0, eval_every=0, eval_size=20,

@@ -35,8 +35,9 @@ from .models.verifier import QuestionVerifier, VerifierConfig
 from .models.registry import load_causal_lm, load_encoder
 
 __all__ = ["EditorConfig", "EditedModel", "Editor", "EditTextCutWarning", "PairBatch", "RowPrompts", "ScoreResult",
-           "auto_edit_id", "checkpoint_fingerprint", "weights_fingerprint", "encode_pairs", "pad_prompts", "score_pairs", "CHAT_TEMPLATE_SETTINGS", "check_chat_template",
-           "check_max_length", "resolve_chat_template"]
+           "auto_edit_id", "checkpoint_fingerprint", "read_editor_config", "weights_fingerprint", "encode_pairs",
+           "pad_prompts", "score_pairs", "CHAT_TEMPLATE_SETTINGS", "check_chat_template", "check_max_length",
+           "resolve_chat_template"]
 
 FORMAT = "medrek.Editor/1"
 
@@ -134,11 +135,11 @@ def weights_fingerprint(config: EditorConfig, tensors: Mapping[str, torch.Tensor
 def checkpoint_fingerprint(folder: str | os.PathLike[str]) -> str:
     """The fingerprint of a saved editor, read from its files without loading any model (the
     identity its results and memories record)."""
-    _, config = _saved_config(Path(folder))
+    _, config = read_editor_config(Path(folder))
     return weights_fingerprint(config, read_tensors(Path(folder) / "editor.safetensors"))
 
 
-def _saved_config(folder: Path) -> tuple[dict[str, Any], EditorConfig]:
+def read_editor_config(folder: Path) -> tuple[dict[str, Any], EditorConfig]:
     """``editor.json``'s contents and its config, refused by file and field if not ours."""
     meta_path = folder / "editor.json"
     meta = read_checkpoint_meta(meta_path, FORMAT, "editor checkpoint")
@@ -460,7 +461,7 @@ class Editor(nn.Module):
         """Rebuild an editor from ``save``; the LM may be passed in to avoid reloading it."""
         folder = Path(folder)
         meta_path = folder / "editor.json"
-        meta, config = _saved_config(folder)
+        meta, config = read_editor_config(folder)
         weights = folder / "editor.safetensors"
         if meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
             raise CheckpointError(f"{weights}: sha256 differs from the one recorded in {meta_path} (a corrupt file, "

@@ -57,3 +57,17 @@ def test_malformed_yaml_and_reserved_keys(tmp_path):
         load_params(path)
     with pytest.raises(ParamsError, match="no such params file"):
         load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: p.stem)
+def test_every_training_section_makes_its_configs(path):
+    from medrek.train import configs_from_parameters
+
+    section = load_params(path).notebooks.get("02_train_medrek")
+    if section is None:
+        pytest.skip("no training section")
+    configs = configs_from_parameters(section)  # unknown methods or fields are refused by name
+    assert list(configs) == list(section["methods"])
+    for method, own in (section.get("method_settings") or {}).items():
+        for field, value in own.items():
+            assert getattr(configs[method], field) == value, (method, field)

@@ -188,3 +188,31 @@ def test_checkpoint_without_a_newer_config_field_resumes_with_its_default(tmp_pa
     del tensors["retrieval_generator"]
     save_file(tensors, str(tensors_path))
     assert Trainer(_config(steps=3), _records(), _records(8, 100), tmp_path, lm=tiny_lm).train(resume=True)["steps"] == 3
+
+
+def test_init_from_starts_from_a_saved_editor_and_records_it(tmp_path, tiny_lm):
+    first = Trainer(_config(steps=2, eval_every=0), _records(), _records(8, 100), tmp_path / "a", lm=tiny_lm)
+    first.train()
+    saved = first.editor.save(tmp_path / "saved")
+    start = _weights(first)
+    tuned = Trainer(_config(steps=2, eval_every=0, seed=9), _records(), _records(8, 100), tmp_path / "b", lm=tiny_lm,
+                    init_from=saved)
+    assert any(not torch.equal(v, start[k]) for k, v in _weights(tuned).items())  # another seed: other init
+    tuned.train(stop_after=0)  # the weights it starts from
+    assert all(torch.equal(v, start[k]) for k, v in _weights(tuned).items())
+    assert tuned.data["init_from"] == first.editor.fingerprint()
+
+
+def test_init_from_an_editor_of_another_method_is_refused(tmp_path, tiny_lm):
+    first = Trainer(_config(steps=1, eval_every=0, method="recipe"), _records(), _records(8, 100), tmp_path / "a",
+                    lm=tiny_lm)
+    saved = first.editor.save(tmp_path / "saved")
+    with pytest.raises(CheckpointError, match="method: 'recipe' vs 'medrek'"):
+        Trainer(_config(), _records(), _records(8, 100), tmp_path / "b", lm=tiny_lm, init_from=saved)
+
+
+def test_without_validation_the_last_checkpoint_is_the_best(tmp_path, tiny_lm):
+    trainer = Trainer(_config(steps=2, eval_every=0), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
+    trainer.train()
+    best = tmp_path / "checkpoints" / "medrek" / "best"
+    assert json.loads((best / "trainer.json").read_text())["step"] == 2

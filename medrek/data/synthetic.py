@@ -9,6 +9,7 @@ medical vocabulary and a seed, so the same call always gives the same records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -17,7 +18,7 @@ from typing import Any
 
 from ..io import write_text
 
-__all__ = ["medfe_style_records", "write_medfe_fixture"]
+__all__ = ["medfe_style_records", "long_edit_records", "write_medfe_fixture"]
 
 _DRUGS = ("aspirin", "heparin", "warfarin", "metformin", "insulin", "atropine", "digoxin", "furosemide",
           "lisinopril", "amiodarone", "morphine", "naloxone", "vancomycin", "rifampicin", "lithium", "propofol")
@@ -60,6 +61,18 @@ def medfe_style_records(n: int, target_words: int = 60, seed: int = 0) -> list[d
             "locality_tokenSem_ground_truth": _sentence(rnd, target_words),
         })
     return records
+
+
+def long_edit_records(n: int, target_words: int = 60, seed: int = 1) -> list:
+    """``n`` synthetic long edits as :class:`~medrek.data.EditRecord` s with MedVersa's single
+    ``locality`` probe (the MedFE ``topic`` probe), so they mix with MedVersa training records:
+    the long-edit data of notebook 02's ``long_edits`` (MedFE itself is never read)."""
+    from .loaders import records_from_json
+
+    records = records_from_json(medfe_style_records(n, target_words, seed), "medfe",
+                                f"<synthetic long edits, seed {seed}>")
+    return [dataclasses.replace(r, record_id=f"synthetic-{seed}-{r.record_id}", locality={"locality": r.locality["topic"]})
+            for r in records]
 
 
 def write_medfe_fixture(path: str | os.PathLike[str], n: int = 8, target_words: int = 60, seed: int = 0) -> Path:

@@ -53,6 +53,9 @@ LOSS_TERMS = ("q1", "q2", "q3", "edit_rel", "edit_gen", "locality")
 # Fields that may change when a run is resumed (the schedule's length and the bookkeeping).
 RESUMABLE_CHANGES = {"steps", "eval_every", "checkpoint_every", "log_every", "progress", "select"}
 PRECISIONS = ("fp32", "bf16")
+# An editor a run starts from (Trainer init_from) must agree on these; the rest (gate, n_tokens cap) may differ.
+INIT_MUST_MATCH = ("method", "lm", "encoder", "chat_template", "key_dim", "n_heads", "n_prototype_tokens",
+                   "n_prefix_tokens", "n_suffix_tokens", "train_backbone")
 SELECTIONS = ("avg", "avg_firing")  # how the best checkpoint is chosen (TrainConfig.select)
 STEP_PHASES = ("data", "forward", "backward", "optimizer")  # the step-time breakdown in the log
 
@@ -169,11 +172,15 @@ class Trainer:
     def __init__(self, config: TrainConfig, train_records: Sequence[EditRecord],
                  valid_records: Sequence[EditRecord], run_dir: str | os.PathLike[str],
                  lm: tuple[Any, Any] | None = None, name: str | None = None,
-                 data: Mapping[str, Any] | None = None, group: SingleProcess | None = None) -> None:
+                 data: Mapping[str, Any] | None = None, group: SingleProcess | None = None,
+                 init_from: str | os.PathLike[str] | None = None) -> None:
         """``data`` names what the records came from (e.g. ``{"dataset": "medversa",
         "train_limit": None}``); it is saved in checkpoints with a hash of the training records,
         and resuming on other data is refused. ``group``: the processes sharing each step
-        (default: this one alone); only the main process writes logs and checkpoints."""
+        (default: this one alone); only the main process writes logs and checkpoints.
+        ``init_from``: a saved editor (:meth:`Editor.save`) of the same method, LM and encoder
+        whose trained weights a fresh run starts from (fine-tuning; its fingerprint is recorded
+        with the data, so a resume from another start is refused)."""
         if len(train_records) < config.batch_size:
             raise ValueError(f"{len(train_records)} training records, fewer than one batch of {config.batch_size}")
         self.config = config
@@ -185,6 +192,9 @@ class Trainer:
         self.group = group or SingleProcess()
         self.synchronize_timings = False  # wait for the GPU at each phase boundary (bench/train_gpu.py)
         self.editor = Editor.build(config.editor_config(), seed=config.seed, device=config.device, lm=lm)
+        self.init_from = Path(init_from) if init_from is not None else None
+        if self.init_from is not None:
+            self.data["init_from"] = self._check_init(self.init_from)
         self.editor.model.eval()
         self.editor.encoder.backbone.train(config.train_backbone)
         order = torch.randperm(len(valid_records), generator=torch.Generator().manual_seed(config.seed + 1))
@@ -205,6 +215,18 @@ class Trainer:
         self.rows = TrainingRows(self.editor.model, self.train_records, self.editor.model.device)
         self._reference: LocalityReference | None = None  # computed at the first step
         self._precompute_features()
+
+    def _check_init(self, folder: Path) -> str:
+        """The fingerprint of the editor at ``folder``, refused by field if it cannot start this run."""
+        from ..editor import read_editor_config, checkpoint_fingerprint
+
+        _, saved = read_editor_config(folder)
+        ours = self.config
+        diff = [f"{k}: {getattr(saved, k)!r} vs {getattr(ours, k)!r}" for k in INIT_MUST_MATCH
+                if getattr(saved, k) != getattr(ours, k)]
+        if diff:
+            raise CheckpointError(f"{folder}: init_from an editor of another kind ({'; '.join(diff)})")
+        return checkpoint_fingerprint(folder)
 
     # ---- paths -----------------------------------------------------------------------------
     @property
@@ -492,6 +514,9 @@ class Trainer:
         self.group.barrier()
         if resume and self.last_checkpoint.exists():
             self.resume_from(self.last_checkpoint)
+        elif self.init_from is not None and self.step == 0:
+            weights = self.init_from / "editor.safetensors"
+            self.editor.load_weights(read_tensors(weights), str(weights))
         elif resume and main and self.log_path.exists() and self.log_path.stat().st_size > 200:
             warnings.warn(f"resume: no checkpoint at {self.last_checkpoint}; training {self.name} from step 0 "
                           f"and starting {self.log_path.name} anew", stacklevel=2)
@@ -528,9 +553,10 @@ class Trainer:
                 self.group.barrier()  # the others wait for validation and checkpoints
         if main:
             log.append(rows)
-            if self.step == cfg.steps and cfg.eval_every and not math.isfinite(self.best_avg):
-                warnings.warn(f"{cfg.method}: no validation fired an own edit (select: {cfg.select}); the best "
-                              "checkpoint is the last one", stacklevel=2)
+            if self.step == cfg.steps and not math.isfinite(self.best_avg):  # no validation, or none selectable
+                if cfg.eval_every:
+                    warnings.warn(f"{cfg.method}: no validation fired an own edit (select: {cfg.select}); the best "
+                                  "checkpoint is the last one", stacklevel=2)
                 self.save_checkpoint(self.best_checkpoint)
         bar.close()
         elapsed = time.perf_counter() - started
