@@ -49,6 +49,9 @@ LEADS: dict[str, dict] = {
     # (bench/long_edit_finetune.py; its retriever is the committed one, so IKE's rows are shared)
     "finetuned-long": {"checkpoint": "runs/long-edit-finetune/checkpoints/finetuned-long/final", "n_tokens": 518,
                        "exact_match": True},
+    # the committed long-edit editor (notebook 02 with params/small-long-edits.yaml): its own config
+    # already carries n_tokens 518 and exact_match
+    "long-edit-editor": {"checkpoint": "checkpoints/small/medrek-lm-embedding-long"},
 }
 DEFAULT_LEADS = ["committed", "whole-text", "whole-text+exact", "whole-text+exact+question"]
 METRICS = ["efficacy", "generality", "locality", "retrieved_prompt", "retrieved_rephrase", "edit_tokens_dropped"]
@@ -64,7 +67,9 @@ def run_dataset(dataset: str, n: int, leads: list[str], lm_pair, run_root: Path,
     for lead in leads:
         settings = dict(LEADS[lead])
         checkpoints = {"medrek-lm-embedding": settings.pop("checkpoint", CHECKPOINT)}
-        retriever = json.dumps({k: v for k, v in settings.items() if k != "n_tokens"}, sort_keys=True)  # IKE's
+        # IKE's retriever: the lead's editor with its retrieval settings (n_tokens does not change IKE)
+        retriever = json.dumps({"checkpoint": checkpoints["medrek-lm-embedding"],
+                                **{k: v for k, v in settings.items() if k != "n_tokens"}}, sort_keys=True)
         methods = ["medrek-lm-embedding"] + (["ike"] if retriever not in ike_rows else [])
         methods += ["unedited"] if lead == "committed" else []
 

@@ -216,3 +216,17 @@ def test_without_validation_the_last_checkpoint_is_the_best(tmp_path, tiny_lm):
     trainer.train()
     best = tmp_path / "checkpoints" / "medrek" / "best"
     assert json.loads((best / "trainer.json").read_text())["step"] == 2
+
+
+def test_long_edits_are_added_to_the_training_records_only(data_dir):
+    from medrek.train.trainer import records_from_parameters
+
+    values = {"dataset": "medversa", "data_dir": str(data_dir), "train_limit": 5,
+              "long_edits": {"n": 3, "target_words": 40, "seed": 1}}
+    train, valid, data = records_from_parameters(values)
+    assert len(train) == 8 and [r.record_id for r in train[5:]] == ["synthetic-1-0", "synthetic-1-1", "synthetic-1-2"]
+    assert all(len(r.target_new.split()) == 40 and list(r.locality) == ["locality"] for r in train[5:])
+    assert not any(r.record_id.startswith("synthetic") for r in valid)
+    assert data == {"dataset": "medversa", "train_limit": 5, "long_edits": values["long_edits"]}
+    with pytest.raises(Exception, match="long_edits"):
+        records_from_parameters({**values, "long_edits": {"n": 3, "words": 40}})

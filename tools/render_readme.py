@@ -10,7 +10,9 @@ the ``docs/`` page that ``PAGES`` names:
   (``results/small/metrics/train_valid_*.csv``, ``gate_calibration.csv``);
 - ``eval-table``: the small evaluation (``results/small/metrics/results.csv``);
 - ``growth-table``: memory growth of the committed editors (``results/small/metrics/growth.csv``);
-- ``ladder``: the retrieval ladder (``bench/results/retrieval_ladder.json``).
+- ``ladder``: the retrieval ladder (``bench/results/retrieval_ladder.json``);
+- ``claims``: the paper's claims C1-C4 with intervals and verdicts, computed again from the
+  per-request results in ``results/small/metrics/`` (``medrek.evaluate.claims``, notebook 05's seed).
 
     python tools/render_readme.py           # rewrite README.md in place
     python tools/render_readme.py --check   # exit 1 if README.md differs (tests/test_readme.py)
@@ -30,9 +32,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "results" / "small" / "metrics"
 SUITE = ROOT / "bench" / "results" / "test_suite.json"
-TRAINED = ["medrek-lm-embedding", "medrek", "recipe"]
+TRAINED = ["medrek-lm-embedding", "recipe-lm-embedding", "medrek", "recipe"]
 EVAL_SPLIT = "test-first200"
-EVAL_METHODS = ["unedited", "medrek-lm-embedding", "medrek", "recipe", "ike", "ft-l"]
+EVAL_METHODS = ["unedited", "medrek-lm-embedding", "recipe-lm-embedding", "medrek", "recipe", "ike", "ft-l", "memit"]
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -155,11 +157,27 @@ def headline() -> str:
     return "\n".join(rows)
 
 
+def claims() -> str:
+    """The claims table, computed from the per-request results as notebook 05 computes it."""
+    import yaml
+
+    from medrek.evaluate.claims import CLAIM_TEXT, claim_table
+    from medrek.evaluate.results import read_growth_records, read_per_record
+    from medrek.figures.tables import claims_markdown
+
+    seed = yaml.safe_load((ROOT / "params" / "small.yaml").read_text("utf-8"))["seed"]
+    per_record = read_per_record([SMALL.parent])
+    table = claim_table(per_record[per_record["split"] == EVAL_SPLIT], read_growth_records([SMALL.parent]), seed=seed)
+    text = "\n".join(f"- **{claim}**: {what}." for claim, what in CLAIM_TEXT.items())
+    return f"{text}\n\n{claims_markdown(table).rstrip()}"
+
+
 # section -> the page it lives in (relative to the repository root)
 SECTIONS = {"suite": suite, "headline": headline, "train-table": train_table, "eval-table": eval_table,
-            "growth-table": growth_table, "ladder": ladder}
+            "growth-table": growth_table, "ladder": ladder, "claims": claims}
 PAGES = {"suite": "README.md", "headline": "README.md", "train-table": "docs/training.md",
-         "eval-table": "docs/evaluation.md", "growth-table": "docs/evaluation.md", "ladder": "docs/evaluation.md"}
+         "eval-table": "docs/evaluation.md", "growth-table": "docs/evaluation.md", "ladder": "docs/evaluation.md",
+         "claims": "README.md"}
 
 
 def render_page(page: str, text: str) -> str:

@@ -68,12 +68,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     import torch
     from accelerate import Accelerator
 
-    from ..data import load_split
     from ..io import write_csv, write_json
     from ..models.registry import load_causal_lm
     from ..rundir import RunDir
     from .parallel import ProcessGroup, SingleProcess
-    from .trainer import Trainer, configs_from_parameters
+    from .trainer import Trainer, configs_from_parameters, init_from_parameters, records_from_parameters
 
     run_dir = repo_path(args.run_dir)
     overrides = _overrides(args.set)
@@ -93,14 +92,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         write_json(run.metrics / "train_distributed_parameters.json", {**values, "processes": group.world_size})
     group.barrier()
     configs = configs_from_parameters(values)
-    data_dir, dataset = values["data_dir"], values["dataset"]
-    train_records = load_split(dataset, values["train_split"], data_dir, limit=values["train_limit"])
-    valid_records = load_split(dataset, values["valid_split"], data_dir)
+    train_records, valid_records, data = records_from_parameters(values)
     lm_pair = load_causal_lm(values["lm"], seed=values["seed"], device=values["device"])
     summaries = []
     for method in values["methods"]:
-        trainer = Trainer(configs[method], train_records, valid_records, run_dir, lm=lm_pair,
-                          data={"dataset": dataset, "train_limit": values["train_limit"]}, group=group)
+        trainer = Trainer(configs[method], train_records, valid_records, run_dir, lm=lm_pair, data=data, group=group,
+                          init_from=init_from_parameters(values, method))
         summary = trainer.train(resume=values["resume"])
         summaries.append({"method": method, **summary})
         if group.is_main:

@@ -45,7 +45,8 @@ from .checkpoint import load_training_state, restore_optimizer, save_training_ch
 from .parallel import SingleProcess
 from .rows import LocalityReference, TrainingRows
 
-__all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "PRECISIONS", "SELECTIONS", "selectable", "method_configs", "configs_from_parameters",
+__all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "PRECISIONS", "SELECTIONS", "selectable", "records_from_parameters",
+           "init_from_parameters", "method_configs", "configs_from_parameters",
            "read_training_logs"]
 
 
@@ -140,6 +141,32 @@ def configs_from_parameters(values: Mapping[str, Any]) -> dict[str, TrainConfig]
     names = {f.name for f in fields(TrainConfig)} - {"method", "progress", "log_every"}
     base = TrainConfig(**{k: values[k] for k in names if k in values})
     return method_configs(base, list(values["methods"]), values.get("method_settings"))
+
+
+def records_from_parameters(values: Mapping[str, Any]) -> tuple[list[EditRecord], list[EditRecord], dict[str, Any]]:
+    """Notebook 02's training records (the split, its ``train_limit``, then any ``long_edits``),
+    validation records and the ``data`` description the trainer checks on resume (what notebook
+    02 and ``medrek.train.distributed`` both call)."""
+    from ..config import check_keys
+    from ..data import load_split
+    from ..data.synthetic import long_edit_records
+
+    dataset, data_dir, long_edits = values["dataset"], values.get("data_dir"), values.get("long_edits")
+    train = load_split(dataset, values.get("train_split", "train"), data_dir, limit=values.get("train_limit"))
+    if long_edits:
+        check_keys(long_edits, ["n", "target_words", "seed"], "long_edits")
+        train += long_edit_records(**long_edits)
+    valid = load_split(dataset, values.get("valid_split", "valid"), data_dir)
+    return train, valid, {"dataset": dataset, "train_limit": values.get("train_limit"), "long_edits": long_edits}
+
+
+def init_from_parameters(values: Mapping[str, Any], method: str) -> Path | None:
+    """The saved editor ``method`` starts from (``init_from``, relative to the repository root), if any."""
+    from ..config import check_keys, repo_path
+
+    init_from = values.get("init_from") or {}
+    check_keys(init_from, list(values["methods"]), "init_from")
+    return repo_path(init_from[method]) if method in init_from else None
 
 
 class _CsvLog:
