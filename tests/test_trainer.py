@@ -51,28 +51,19 @@ def test_every_method_trains_and_logs_each_term(tmp_path, tiny_lm, method):
     assert (tmp_path / "checkpoints" / method / "best" / "editor.safetensors").is_file()
 
 
-def test_avg_firing_never_keeps_a_checkpoint_whose_gate_never_fired(tmp_path, tiny_lm, monkeypatch):
+@pytest.mark.parametrize("select,best_avg,best_step", [("avg_firing", 0.5, 6), ("avg", 0.9, 3)])
+def test_select_decides_whether_a_gate_that_never_fired_can_be_best(tmp_path, tiny_lm, monkeypatch, select, best_avg,
+                                                                    best_step):
     # validations scripted: step 3 has the higher Avg but fires nothing (the unedited LM's Avg)
     scripted = iter([
         {"avg": 0.9, "retrieval_prompt": 0.0, "retrieval_rephrase": 0.0},
         {"avg": 0.5, "retrieval_prompt": 0.25, "retrieval_rephrase": 0.0},
     ])
     monkeypatch.setattr(Trainer, "validate", lambda self: next(scripted))
-    trainer = Trainer(_config(select="avg_firing"), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
+    trainer = Trainer(_config(select=select), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
     trainer.train()
-    assert trainer.best_avg == 0.5
-    assert json.loads((tmp_path / "checkpoints" / "medrek" / "best" / "trainer.json").read_text())["step"] == 6
-
-
-def test_avg_keeps_the_best_avg_even_if_nothing_fired(tmp_path, tiny_lm, monkeypatch):
-    scripted = iter([
-        {"avg": 0.9, "retrieval_prompt": 0.0, "retrieval_rephrase": 0.0},
-        {"avg": 0.5, "retrieval_prompt": 0.25, "retrieval_rephrase": 0.0},
-    ])
-    monkeypatch.setattr(Trainer, "validate", lambda self: next(scripted))
-    trainer = Trainer(_config(select="avg"), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
-    trainer.train()
-    assert trainer.best_avg == 0.9
+    assert trainer.best_avg == best_avg
+    assert json.loads((tmp_path / "checkpoints" / "medrek" / "best" / "trainer.json").read_text())["step"] == best_step
 
 
 def test_avg_firing_falls_back_to_the_last_checkpoint_with_a_warning(tmp_path, tiny_lm, monkeypatch):
