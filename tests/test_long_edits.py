@@ -171,3 +171,26 @@ def test_generation_of_rows_that_did_not_fire_is_the_plain_lms_beside_rows_that_
     together = editor.generate(questions, max_new_tokens=6)
     assert together == [editor.generate([q], max_new_tokens=6)[0] for q in questions]
     assert together[2:] == editor.generate(questions[2:], max_new_tokens=6, use_memory=False)
+
+
+def test_the_committed_long_edit_editor_keeps_the_working_retriever():
+    """The long-edit fine-tune trains the prompt encoder only: its retriever (heads, prototype) is
+    the committed working editor's, bit for bit, and it is saved to carry MedFE's edits whole."""
+    from pathlib import Path
+
+    import yaml
+
+    from medrek.editor import read_editor_config
+    from medrek.io import read_tensors
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints" / "small"
+    long, working = root / "medrek-lm-embedding-long", root / "medrek-lm-embedding"
+    a, b = read_tensors(long / "editor.safetensors"), read_tensors(working / "editor.safetensors")
+    assert set(a) == set(b)
+    encoder = [k for k in a if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(a[k], b[k]) for k in encoder)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("prompt_encoder."))
+    _, config = read_editor_config(long)
+    assert config.n_tokens == 518 and config.exact_match
+    params = yaml.safe_load((long / "params.yaml").read_text())["notebooks"]["02_train_medrek"]
+    assert params["init_from"] == {"medrek-lm-embedding": "checkpoints/small/medrek-lm-embedding"}
