@@ -186,8 +186,10 @@ def working_memory_table(data: dict | None) -> list[str]:
 def long_edits_table(data: dict | None) -> list[str]:
     if not data:
         return []
-    out = [f"**Long edits** (long_edits.json; `{data['checkpoint']}` loaded with each lead's settings, no retraining; "
-           "single protocol, chat template; IKE through the same retriever; edit tokens dropped = total over the "
+    own = {r["lead"]: r["settings"]["checkpoint"] for r in data["rows"] if "checkpoint" in (r.get("settings") or {})}
+    others = "".join(f"; `{lead}` loads `{path}`" for lead, path in sorted(own.items()))
+    out = [f"**Long edits** (long_edits.json; `{data['checkpoint']}` loaded with each lead's settings, no retraining"
+           f"{others}; single protocol, chat template; IKE through the lead's retriever; edit tokens dropped = total over the "
            "requests of edit-text tokens the prompt could not carry):", "",
            "| dataset | lead | method | n | efficacy | generality | locality | own edit fires (prompt) "
            "| own edit fires (rephrase) | edit tokens dropped | efficacy minus IKE's [95% CI] |",
