@@ -3,7 +3,6 @@ edited question gets the new answer, and after ``remove`` the LM answers exactly
 
 import contextlib
 import io
-import os
 import re
 from pathlib import Path
 

@@ -45,8 +45,7 @@ class Side:
     size: int
 
     def label(self) -> str:
-        where = {"single": "single", "batch": f"batch {self.size}", "growth": f"{self.size:,} stored"}[self.protocol]
-        return where
+        return {"single": "single", "batch": f"batch {self.size}", "growth": f"{self.size:,} stored"}[self.protocol]
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ def method_configs(base: TrainConfig, methods: Sequence[str],
                    settings: dict[str, dict[str, Any]] | None = None) -> dict[str, TrainConfig]:
     """One config per method: ``base`` with ``method`` set and that method's own ``settings``
     (e.g. ``{"medrek-lm-embedding": {"n_tokens": 30}}``). Unknown methods or fields are refused."""
-    from ..config import ParamsError, check_keys
+    from ..config import check_keys
 
     settings = dict(settings or {})
     check_keys(settings, methods, "method_settings (methods not in `methods`)")
