@@ -19,3 +19,9 @@ def test_figures_are_byte_deterministic(tmp_path):
     assert [p.suffix for p in paths] == [".png", ".pdf"]
     assert outputs[0] == outputs[1]
     assert outputs[0][1].startswith(b"%PDF") and b"CreationDate" not in outputs[0][1]
+
+
+def test_log_axis_ticks_stay_short():
+    from medrek.figures.plots import _compact
+
+    assert [_compact(n) for n in (1, 200, 1000, 1500, 6000)] == ["1", "200", "1k", "1.5k", "6k"]

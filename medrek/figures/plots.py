@@ -225,6 +225,11 @@ def _intervals(per_record: pd.DataFrame | None, keys: Sequence[str], metrics: Se
     return out
 
 
+def _compact(n: int) -> str:
+    """A tick label that stays short on a log axis: 200, 1k, 3k, 6k, 1.5k."""
+    return f"{n / 1000:g}k" if n >= 1000 else str(n)
+
+
 def _metric_lines(results: pd.DataFrame, metrics: Sequence[str], x: str, xlabel: str, keys: Sequence[str],
                   what: str, per_record: pd.DataFrame | None = None, seed: int = 0) -> plt.Figure:
     part = single_valued(results[results["metric"].isin(metrics)], keys, what)
@@ -247,7 +252,7 @@ def _metric_lines(results: pd.DataFrame, metrics: Sequence[str], x: str, xlabel:
                             markersize=4, linewidth=1, label=method, color=method_color(method))
             ax.set_xscale("log")
             ticks = sorted(set(sel[x]))
-            ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+            ax.set_xticks(ticks, [_compact(int(t)) for t in ticks])
             ax.minorticks_off()
             ax.margins(x=0.15, y=0.12)  # the data's own range: differences stay visible
             label = METRIC_LABELS.get(metric, metric)
