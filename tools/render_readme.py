@@ -11,6 +11,8 @@ the ``docs/`` page that ``PAGES`` names:
 - ``eval-table``: the small evaluation (``results/small/metrics/results.csv``);
 - ``growth-table``: memory growth of the committed editors (``results/small/metrics/growth.csv``);
 - ``ladder``: the retrieval ladder (``bench/results/retrieval_ladder.json``);
+- ``working-bench``: the working editor's cost (``bench/results/working_memory.json``,
+  ``inference_overhead.json``);
 - ``claims``: the paper's claims C1-C4 with intervals and verdicts, computed again from the
   per-request results in ``results/small/metrics/`` (``medrek.evaluate.claims``, notebook 05's seed).
 
@@ -157,6 +159,30 @@ def headline() -> str:
     return "\n".join(rows)
 
 
+def working_bench() -> str:
+    """The README's compact benchmark table of the working editor: bytes and RAM per stored edit,
+    and the overhead users feel."""
+    memory = json.loads((ROOT / "bench" / "results" / "working_memory.json").read_text("utf-8"))
+    overhead = json.loads((ROOT / "bench" / "results" / "inference_overhead.json").read_text("utf-8"))
+    rows = ["| what (`medrek-lm-embedding`, 2-core CPU) | measured | goal |", "|---|---:|---:|"]
+    for r in memory["rows"]:
+        if r["stored"] == 1_000_000:
+            goal = f"{memory['goal_bytes_per_edit_384d']:,}" if r["key_dim"] == 384 else "-"
+            rows.append(f"| bytes per stored edit, {r['key_dim']}-d key (key + token ids) | {r['memory_bytes_per_edit']:,.0f} "
+                        f"| {goal} |")
+            rows.append(f"| resident memory with 1e6 edits stored, {r['key_dim']}-d key | {r['rss_gb']:.2f} GB "
+                        f"| {memory['goal_ram_gb_at_1e6']:g} GB |")
+    n = f"{overhead['n_edits']:,}"
+    rows.append(f"| generation time, edited / unedited ({n} stored, every prompt fires) "
+                f"| {overhead['generation_overhead_ratio']:.2f} | {overhead['goal_generation_ratio']:.2f} |")
+    rows.append(f"| teacher-forced scoring time, edited / unedited ({n} stored, {overhead['fired_on_scored']} of "
+                f"{overhead['n_score']} rows fire) | {overhead['scoring_overhead_ratio']:.2f} "
+                f"| {overhead['goal_scoring_ratio']:.2f} |")
+    rows.append(f"| scoring time with half the rows unrelated ({overhead['fired_on_mixed']} of {overhead['n_mixed']} "
+                f"fire) | {overhead['mixed_scoring_overhead_ratio']:.2f} | - |")
+    return "\n".join(rows)
+
+
 def claims() -> str:
     """The claims table, computed from the per-request results as notebook 05 computes it."""
     import yaml
@@ -174,10 +200,10 @@ def claims() -> str:
 
 # section -> the page it lives in (relative to the repository root)
 SECTIONS = {"suite": suite, "headline": headline, "train-table": train_table, "eval-table": eval_table,
-            "growth-table": growth_table, "ladder": ladder, "claims": claims}
+            "growth-table": growth_table, "ladder": ladder, "claims": claims, "working-bench": working_bench}
 PAGES = {"suite": "README.md", "headline": "README.md", "train-table": "docs/training.md",
          "eval-table": "docs/evaluation.md", "growth-table": "docs/evaluation.md", "ladder": "docs/evaluation.md",
-         "claims": "README.md"}
+         "claims": "README.md", "working-bench": "README.md"}
 
 
 def render_page(page: str, text: str) -> str:
