@@ -32,7 +32,7 @@ from medrek.editor import EditedModel, resolve_chat_template
 from medrek.evaluate import unedited_locality_predictions
 from medrek.evaluate.experiment import EvaluationSetup, evaluate_methods, records_path, split_label
 from medrek.evaluate.protocols import Protocol
-from medrek.figures.plots import bootstrap_ci
+from medrek.evaluate.metrics import bootstrap_ci
 from medrek.models.registry import load_causal_lm
 
 CHECKPOINT = "checkpoints/small/medrek-lm-embedding"

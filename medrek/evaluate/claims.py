@@ -3,7 +3,8 @@
 A claim is a list of :class:`Comparison` s. Each compares two things measured on the same
 requests (two methods under one protocol, or one method under two protocols), paired by
 ``record_id``: the per-request difference ``a - b`` is averaged, and a seeded bootstrap over
-requests (``scipy.stats.bootstrap``, percentile) gives its 95% interval. With ``better`` the
+requests (``scipy.stats.bootstrap``, percentile, through
+:func:`medrek.evaluate.metrics.bootstrap_ci`) gives its 95% interval. With ``better`` the
 side the claim expects (``higher``: ``a`` above ``b``; ``lower``: ``a`` below ``b``) and a
 non-inferiority ``margin`` m (0 for "above"; e.g. 0.02 for "holds"):
 
@@ -23,11 +24,9 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap
 
-from .metrics import avg_score
+from .metrics import avg_score, bootstrap_ci
 
 __all__ = ["Side", "Comparison", "PAIRS", "CLAIMS", "CLAIM_TEXT", "paired_difference", "verdict", "claim_table",
            "VERDICTS"]
@@ -103,11 +102,8 @@ def paired_difference(a: pd.Series, b: pd.Series, seed: int, n_resamples: int = 
     d = (joined["a"] - joined["b"]).to_numpy(dtype=float)
     if len(d) == 0:
         return math.nan, math.nan, math.nan, 0
-    if np.all(d == d[0]):  # no spread: the interval is the value itself (scipy refuses degenerate data)
-        return float(d[0]), float(d[0]), float(d[0]), len(d)
-    ci = bootstrap((d,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
-                   rng=np.random.default_rng(seed)).confidence_interval
-    return float(d.mean()), float(ci.low), float(ci.high), len(d)
+    low, high = bootstrap_ci(d, n_boot=n_resamples, seed=seed, level=level)
+    return float(d.mean()), low, high, len(d)
 
 
 def verdict(low: float, high: float, better: str, margin: float = 0.0) -> str:

@@ -21,11 +21,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 __all__ = ["TeacherForced", "prediction_positions", "token_scores", "per_row_scores", "teacher_forced",
-           "teacher_forced_selected", "agreement", "avg_score", "ngram_entropy", "fluency"]
+           "teacher_forced_selected", "agreement", "avg_score", "ngram_entropy", "fluency", "bootstrap_ci"]
 
 
 @dataclass
@@ -117,3 +119,18 @@ def fluency(texts: Sequence[str]) -> float:
     if not texts:
         raise ValueError("fluency needs at least one generated text")
     return sum(ngram_entropy(t) for t in texts) / len(texts)
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (NaNs dropped), seeded
+    (``scipy.stats.bootstrap``); values without spread give the value itself."""
+    from scipy.stats import bootstrap
+
+    x = np.asarray([v for v in values if pd.notna(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan
+    if np.all(x == x[0]):  # scipy refuses degenerate samples; every resample's mean is this value
+        return float(x[0]), float(x[0])
+    ci = bootstrap((x,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
+                   rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..evaluate.metrics import bootstrap_ci
 from ..io import atomic_path
 
 __all__ = ["style", "save_figure", "plot_subject_distribution", "plot_length_distributions",
@@ -200,16 +201,6 @@ def plot_method_metrics(results: pd.DataFrame, metrics: Sequence[str], title: st
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(f"{title}\n{describe(part)}" if title else describe(part), fontsize=9)
     return fig
-
-
-def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (NaNs dropped), seeded."""
-    x = np.asarray([v for v in values if pd.notna(v)], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan
-    means = np.random.default_rng(seed).choice(x, size=(n_boot, len(x)), replace=True).mean(1)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def _intervals(per_record: pd.DataFrame | None, keys: Sequence[str], metrics: Sequence[str], seed: int) -> dict:
