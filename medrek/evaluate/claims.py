@@ -159,8 +159,8 @@ def claim_table(per_record: pd.DataFrame, growth: pd.DataFrame | None = None,
             a = _series(per_record, growth, ma, comp.a, comp.metric)
             b = _series(per_record, growth, mb, comp.b, comp.metric)
             row = {"claim": comp.claim, "comparison": i, "pair": pair, "metric": comp.metric,
-                   "a": f"{ma} ({comp.a.label()})", "b": f"{mb} ({comp.b.label()})", "better": comp.better,
-                   "margin": comp.margin}
+                   "method_a": ma, "where_a": comp.a.label(), "method_b": mb, "where_b": comp.b.label(),
+                   "better": comp.better, "margin": comp.margin}
             if a is None or b is None:
                 rows.append({**row, "mean_a": math.nan, "mean_b": math.nan, "difference": math.nan, "low": math.nan,
                              "high": math.nan, "n": 0, "verdict": "missing"})

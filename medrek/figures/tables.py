@@ -154,12 +154,12 @@ def claims_markdown(claims: pd.DataFrame, scale: float = 100.0) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---|---|---" + "|---:|---:|---:|---" * len(pairs) + "|"]
     for _, group in claims.groupby("comparison", sort=True):
         first = group.iloc[0]
-        side_a, side_b = first["a"].split(" (", 1)[1][:-1], first["b"].split(" (", 1)[1][:-1]
-        compared = (f"{side_a} vs {side_b}" if side_a != side_b else f"{side_a}")
+        where_a, where_b = first["where_a"], first["where_b"]
+        compared = where_a if where_a == where_b else f"{where_a} vs {where_b}"
         cells = [first["claim"], first["metric"] + (" (lower is better)" if first["better"] == "lower" else ""), compared]
         for pair in pairs:
             row = group[group["pair"] == pair].iloc[0]
-            name_a, name_b = row["a"].split(" (")[0], row["b"].split(" (")[0]
+            name_a, name_b = row["method_a"], row["method_b"]
             names = name_a if name_a == name_b else f"{name_a} vs {name_b}"
             if row["n"]:
                 names += f": {row['mean_a'] * scale:.1f} vs {row['mean_b'] * scale:.1f}"
