@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from medrek.baselines.ft import FTConfig
+from medrek.baselines.ike import IKE_TEMPLATE
 from medrek.baselines.memit import MEMITConfig
 from medrek.editor import checkpoint_fingerprint
 from medrek.evaluate.results import read_growth_records, read_per_record, read_results
@@ -35,7 +36,7 @@ def expected_identity(method: str, fingerprints: dict[str, str], stage: str) -> 
     if method in PRESETS:
         return {"editor": fingerprints[method]}
     if method == "ike":
-        return {"retriever": fingerprints[params["retriever"]], "template": "New Fact: {prompt} {target}\nPrompt: {query}"}
+        return {"retriever": fingerprints[params["retriever"]], "template": IKE_TEMPLATE}
     if method == "ft-l":
         return {"config": asdict(FTConfig(**params.get("ft", {})))}
     if method == "memit":

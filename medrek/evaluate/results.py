@@ -65,6 +65,15 @@ def read_results(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _with_sidecar(csv: Path) -> tuple[pd.DataFrame, dict]:
+    """A per-request CSV and the settings JSON saved next to it (refused if that is missing)."""
+    sidecar = csv.with_suffix(".json")
+    if not sidecar.exists():
+        raise FileNotFoundError(f"{csv}: its settings file {sidecar.name} is missing")
+    frame = pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype={"record_id": str, "subject": str})
+    return frame, read_json(sidecar)
+
+
 def read_per_record(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     """Every per-request table (``metrics/records/*.csv``) of the given runs, labelled with the
     method, dataset, split, protocol, batch size, seed and run id stored next to it."""
@@ -75,14 +84,11 @@ def read_per_record(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
         if not files:
             raise FileNotFoundError(f"{p}: no per-request results in {folder} (run notebooks 03/04 for this run first)")
         for csv in files:
-            sidecar = csv.with_suffix(".json")
-            if not sidecar.exists():
-                raise FileNotFoundError(f"{csv}: its settings file {sidecar.name} is missing")
-            labels = read_json(sidecar).get("labels") or {}
+            frame, meta = _with_sidecar(csv)
+            labels = meta.get("labels") or {}
             missing = [k for k in ("method", "dataset", "split", "protocol", "batch_size", "seed", "run_id") if k not in labels]
             if missing:
-                raise ValueError(f"{sidecar}: labels lack {missing} (written by an older kit?)")
-            frame = pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype={"record_id": str, "subject": str})
+                raise ValueError(f"{csv.with_suffix('.json')}: labels lack {missing} (written by an older kit?)")
             frames.append(frame.assign(**{k: labels[k] for k in ("method", "dataset", "split", "protocol", "batch_size",
                                                                    "seed", "run_id", "lm")}))
     return pd.concat(frames, ignore_index=True)
@@ -95,13 +101,9 @@ def read_growth_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame
     frames = []
     for p in paths:
         for csv in sorted((Path(p) / "metrics").glob("growth_*_*.csv")):
-            sidecar = csv.with_suffix(".json")
-            if not sidecar.exists():
-                raise FileNotFoundError(f"{csv}: its settings file {sidecar.name} is missing")
-            meta = read_json(sidecar)
+            frame, meta = _with_sidecar(csv)
             labels = meta.get("labels") or {}
             if "method" not in meta or "dataset" not in labels:
-                raise ValueError(f"{sidecar}: lacks the method or labels.dataset (written by an older kit?)")
-            frame = pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype={"record_id": str, "subject": str})
+                raise ValueError(f"{csv.with_suffix('.json')}: lacks the method or labels.dataset (written by an older kit?)")
             frames.append(frame.assign(method=meta["method"], dataset=labels["dataset"], run=str(p)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -35,7 +35,7 @@ import torch
 
 from ..data.records import EditRecord, records_sha256
 from ..config import check_fields
-from ..editor import Editor, EditorConfig
+from ..editor import Editor, EditorConfig, checkpoint_fingerprint, read_editor_config
 from ..evaluate.editing import evaluate_batch_edit, unedited_locality_predictions
 from ..evaluate.metrics import prediction_positions
 from ..io import CheckpointError, read_tensors, recover_folder
@@ -245,8 +245,6 @@ class Trainer:
 
     def _check_init(self, folder: Path) -> str:
         """The fingerprint of the editor at ``folder``, refused by field if it cannot start this run."""
-        from ..editor import read_editor_config, checkpoint_fingerprint
-
         _, saved = read_editor_config(folder)
         ours = self.config
         diff = [f"{k}: {getattr(saved, k)!r} vs {getattr(ours, k)!r}" for k in INIT_MUST_MATCH
