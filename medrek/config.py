@@ -73,7 +73,21 @@ class Params:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with ``1e-4`` read as a float (YAML 1.1 wants ``1.0e-4``; everyone writes ``1e-4``)."""
+    """YAML with ``1e-4`` read as a float (YAML 1.1 wants ``1.0e-4``; everyone writes ``1e-4``)
+    and a key given twice in one mapping refused (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                        "which one is meant?", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["CheckpointError", "FolderInUseError", "atomic_folder", "resolve_link", "atomic_path", "file_sha256", "read_checkpoint_meta", "read_json",
-           "read_tensors", "recover_folder", "write_bytes", "write_csv", "write_text", "write_json"]
+           "read_tensors", "recover_folder", "write_bytes", "write_csv", "write_text", "write_json", "read_rows"]
 
 
 @contextmanager
@@ -166,6 +166,15 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 def write_csv(path: str | os.PathLike[str], frame: Any, index: bool = False) -> Path:
     """Write a pandas DataFrame as CSV, atomically."""
     return write_text(path, frame.to_csv(index=index, lineterminator="\n"))
+
+
+def read_rows(path: str | os.PathLike[str]):
+    """A per-request CSV the kit wrote, as a DataFrame: ids and subjects read as strings, and only
+    an empty cell is missing (pandas' default would read ids such as ``NA``, ``null``, ``nan`` or
+    ``N/A`` as missing)."""
+    import pandas as pd
+
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"record_id": str, "subject": str})
 
 
 class CheckpointError(ValueError):

@@ -190,3 +190,47 @@ def test_explanation_names_the_gate_that_blocked_the_top_edit():
     assert not why.fired and why.blocked_by == ("min_margin (lead over the prototype 0.7071 < 2.05)",)
     memory.config.min_margin = None
     assert memory.explain(torch.tensor([1.0, 0.0])).blocked_by == ()
+
+
+@pytest.mark.parametrize("asked", ["Who discovered insulin?",  # the stored form: NFC, plain ASCII
+                                   "\ufeffWho discovered\u200b insulin?",  # a BOM and a zero-width space
+                                   "Ｗｈｏ ｄｉｓｃｏｖｅｒｅｄ ｉｎｓｕｌｉｎ？"])  # full-width letters
+def test_exact_match_folds_unicode_forms_of_a_stored_question(asked):
+    from medrek.data.records import fold_question
+
+    assert fold_question(asked) == fold_question("Who discovered insulin?")
+    assert fold_question("Cafe\u0301 au lait spots?") == fold_question("Caf\u00e9 au lait spots?")  # NFD vs NFC
+    memory = EditMemory(MemoryConfig(2, 1, 1, score="cosine", exact_match=True, min_similarity=0.999), torch.zeros(2))
+    memory.add(["e"], torch.tensor([[1.0, 0.0]]), torch.zeros(1, 1, 1), [{"prompt": "Who discovered insulin?"}])
+    assert memory.lookup(torch.tensor([[0.0, 1.0]]), [asked]).ids == ["e"]
+
+
+def test_a_prompt_or_target_of_invisible_characters_only_is_empty(make_editor):
+    editor = make_editor("medrek-lm-embedding", n_tokens=12)
+    for request in ({"prompt": "\u200b\u200d", "target_new": "x"}, {"prompt": "Who?", "target_new": "\ufeff"}):
+        with pytest.raises(ValueError, match="must be a non-empty string"):
+            editor.edit([request])
+    assert len(editor.memory) == 0
+
+
+def test_ids_that_pandas_reads_as_missing_stay_strings(tmp_path):
+    import pandas as pd
+
+    from medrek.io import read_rows
+
+    ids = ["NA", "null", "nan", "N/A", "None", "", "7"]
+    pd.DataFrame({"record_id": ids, "efficacy": [1.0] * 7}).to_csv(tmp_path / "r.csv", index=False)
+    back = read_rows(tmp_path / "r.csv")
+    assert back["record_id"].tolist()[:5] == ["NA", "null", "nan", "N/A", "None"] and back["record_id"][6] == "7"
+    assert pd.isna(back["record_id"][5])  # only an empty cell is missing
+
+
+def test_a_key_given_twice_in_a_params_file_is_refused(tmp_path):
+    from medrek.config import load_params
+
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nnotebooks:\n  02_train_medrek:\n    steps: 10\n    steps: 100000\n")
+    with pytest.raises(ParamsError, match=r"(?s)p\.yaml.*'steps' is given twice \(lines 4 and 5\)"):
+        load_params(path)
+    path.write_text("name: x\nnotebooks:\n  02_train_medrek: {steps: 10}\n  03_single_edit: {steps: 10}\n")
+    assert load_params(path).notebooks["02_train_medrek"] == {"steps": 10}  # the same key in two mappings is fine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -60,9 +61,15 @@ def records_sha256(records: Sequence[EditRecord]) -> str:
     return digest.hexdigest()
 
 
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")  # zero-width, BOM, bidi marks
+
+
 def fold_question(text: str) -> str:
-    """Loose comparison form of a question: case-folded, whitespace collapsed and trimmed (what
-    the pool audit compares and what ``exact_match`` retrieval counts as the same question)."""
+    """Loose comparison form of a question: Unicode NFKC (full-width letters, ligatures and
+    composed / decomposed accents read alike), zero-width characters, soft hyphens, bidi marks
+    and BOMs removed, case-folded, whitespace collapsed and trimmed (what the pool audit compares,
+    what ``exact_match`` retrieval counts as the same question, and what ``edit`` calls empty)."""
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 

@@ -35,9 +35,11 @@ from ..data.records import EditRecord, records_sha256
 from ..memory import EditMemory, MemoryConfig
 
 __all__ = ["Neighbour", "load_neighbours", "load_locality_duplicates", "padded_memory", "RetrievalProbes", "retrieval_rates",
-           "probes_for", "vector_memory", "editor_retrieval_rates", "run_growth", "NEIGHBOURS_FILE"]
+           "probes_for", "vector_memory", "editor_retrieval_rates", "run_growth", "NEIGHBOURS_FILE",
+           "VALID_NEIGHBOURS_FILE"]
 
 NEIGHBOURS_FILE = Path(__file__).resolve().parent.parent / "data" / "medversa_test_neighbours.json"
+VALID_NEIGHBOURS_FILE = Path(__file__).resolve().parent.parent / "data" / "medversa_valid_neighbours.json"  # calibration
 DUPLICATES_FILE = Path(__file__).resolve().parent.parent / "data" / "medversa_test_locality_duplicates.json"
 
 
@@ -207,7 +209,7 @@ def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRe
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from ..io import read_json, write_csv, write_json
+    from ..io import read_json, read_rows, write_csv, write_json
     from .protocols import ResumeError, _differences, _score_step
 
     sizes = sorted({int(s) for s in sizes})
@@ -228,7 +230,7 @@ def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRe
             raise ResumeError(f"{path}: saved results were made by something else "
                               f"({_differences({k: v for k, v in saved.items() if k != 'sizes'}, signature)}); "
                               "delete the file or evaluate with resume=False")
-        rows = pd.read_csv(path, dtype={"record_id": str, "subject": str}).to_dict("records")
+        rows = read_rows(path).to_dict("records")
     write_json(sig_path, {**signature, "sizes": sizes})
     done = {int(r["stored"]) for r in rows}
     idx = list(range(len(evaluated)))

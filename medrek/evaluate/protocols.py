@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ..data.records import EditRecord, records_sha256
-from ..io import read_json, write_csv, write_json
+from ..io import read_json, read_rows, write_csv, write_json
 from ..models.prompt import EditTextCutWarning
 
 if TYPE_CHECKING:
@@ -267,7 +267,7 @@ def run_protocol(method, records: Sequence[EditRecord], protocol: Protocol, refe
         if saved != signature:
             raise ResumeError(f"{path}: saved results were made by something else ({_differences(saved, signature)}); "
                               "delete the file or evaluate with resume=False")
-        rows = pd.read_csv(path, dtype={"record_id": str, "subject": str}).to_dict("records")
+        rows = read_rows(path).to_dict("records")
     write_json(sig_path, signature)
     done = {(int(r["eval_at"]), str(r["record_id"])) for r in rows}
     steps = plan(protocol, len(records), seed)

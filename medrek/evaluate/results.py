@@ -13,7 +13,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from ..io import read_json, write_csv, write_json
+from ..io import read_json, read_rows, write_csv, write_json
 from .protocols import RESULT_COLUMNS
 
 __all__ = ["KEY_COLUMNS", "upsert_results", "read_results", "read_per_record", "read_growth_records"]
@@ -70,7 +70,7 @@ def _with_sidecar(csv: Path) -> tuple[pd.DataFrame, dict]:
     sidecar = csv.with_suffix(".json")
     if not sidecar.exists():
         raise FileNotFoundError(f"{csv}: its settings file {sidecar.name} is missing")
-    frame = pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype={"record_id": str, "subject": str})
+    frame = read_rows(csv)
     return frame, read_json(sidecar)
 
 
