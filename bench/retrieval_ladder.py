@@ -32,13 +32,14 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402
 from medrek.data.loaders import load_split  # noqa: E402
 from medrek.data.sources import cache_dir  # noqa: E402
-from medrek.evaluate.growth import (load_locality_duplicates, load_neighbours, padded_memory, probes_for,  # noqa: E402
-                                   retrieval_rates, vector_memory)
+from medrek.evaluate.growth import (VALID_NEIGHBOURS_FILE, load_locality_duplicates, load_neighbours,  # noqa: E402
+                                   padded_memory, probes_for, retrieval_rates, vector_memory)
 from medrek.io import read_json, read_tensors, write_json  # noqa: E402
 from medrek.memory import MemoryConfig  # noqa: E402
 from medrek.models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig, ResidualHead  # noqa: E402
 from medrek.models.registry import load_encoder  # noqa: E402
 from medrek.models.verifier import QuestionVerifier, VerifierConfig  # noqa: E402
+from medrek.train.cross_encoder import CrossEncoderVerifier  # noqa: E402
 from medrek.train.retriever import (RetrieverTrainConfig, VerifierTrainConfig, calibrate_at_size, mine_pairs,  # noqa: E402
                                     train_query_head, train_verifier)
 from safetensors.torch import save_file  # noqa: E402
@@ -108,6 +109,9 @@ class Lead:
     verifier: VerifierTrainConfig | None = None
     max_false_fire: float | None = None  # the calibration budget (None: --max-false-fire)
     cache_as: str | None = None  # reuse the trained verifier of this lead
+    cross_encoder: str | None = None  # a trained cross-encoder folder (medrek.train.cross_encoder) as the verifier
+    distinct: bool = False  # calibrate on distinct valid locality prompts and the valid neighbour questions
+    max_neighbour_fire: float | None = None  # with distinct: the valid neighbours' budget (None: max_false_fire)
 
 LEADS = [
     Lead("baseline", "committed editor: dot score, prototype gate + min_margin 2.05 (calibrated with 100 stored)"),
@@ -141,6 +145,19 @@ LEADS = [
          "share that asks the question of a stored edit)", score="cosine", exact_match=True, gate="verified",
          head="trained", train=RetrieverTrainConfig(), verify_k=5, verifier=VerifierTrainConfig(), max_false_fire=0.10,
          cache_as="verifier"),
+    Lead("verifier@distinct", "verifier, calibrated on distinct valid locality prompts (none within MiniLM cosine 0.80 "
+         "of a stored prompt) at 5% and the kit's valid neighbour questions at 10%", score="cosine", exact_match=True,
+         gate="verified", head="trained", train=RetrieverTrainConfig(), verify_k=5, verifier=VerifierTrainConfig(),
+         max_false_fire=0.05, cache_as="verifier", distinct=True, max_neighbour_fire=0.10),
+    Lead("cross-encoder-minilm@distinct", "hard-negatives head, top-10 by cosine read by a cross-encoder (MiniLM, every "
+         "layer but the embeddings, 4 epochs with sentence-transformers on 18k train pairs: 3 mined hard negatives per "
+         "rephrase, 1 per prompt and locality prompt, near-duplicates dropped); calibrated as verifier@distinct",
+         score="cosine", exact_match=True, gate="verified", head="trained", train=RetrieverTrainConfig(), verify_k=10,
+         cross_encoder="runs/verifier-minilm/model", max_false_fire=0.05, distinct=True, max_neighbour_fire=0.10),
+    Lead("cross-encoder-minilm@distinct-10%", "cross-encoder-minilm, calibrated to 10% of distinct valid locality "
+         "prompts and 20% of valid neighbours", score="cosine", exact_match=True, gate="verified", head="trained",
+         train=RetrieverTrainConfig(), verify_k=10, cross_encoder="runs/verifier-minilm/model", max_false_fire=0.10,
+         distinct=True, max_neighbour_fire=0.20),
 ]
 
 
@@ -161,7 +178,13 @@ def run_lead(lead: Lead, encoder: KnowledgeEncoder, committed: dict, data: dict,
         head, train_log = train_query_head(encoder.query_head, data["train"], f, lead.train, seed=seed)
     embed = keys_of(lead, encoder, head)
     verify, verifier_log = None, None
-    if lead.verify_k:
+    if lead.cross_encoder:
+        folder = ROOT / lead.cross_encoder
+        if folder not in verifiers:
+            verifiers[folder] = (CrossEncoderVerifier(folder), read_json(folder.parent / "train_log.json"))
+        verify, verifier_log = verifiers[folder]
+        verifier_log = {k: verifier_log[k] for k in ("config", "train_pairs", "seconds")} | {"folder": lead.cross_encoder}
+    elif lead.verify_k:
         key = lead.cache_as or lead.name  # leads sharing a verifier share its answers too
         if key not in verifiers:
             verifiers[key] = cached_verifier(lead, encoder, data["train"], lambda t: embed(f(t)), seed)
@@ -177,8 +200,13 @@ def run_lead(lead: Lead, encoder: KnowledgeEncoder, committed: dict, data: dict,
         calibration = None
         if lead.gate in ("margin", "similarity", "verified"):
             budget = lead.max_false_fire if lead.max_false_fire is not None else max_false_fire
+            extra = {}
+            if lead.distinct:
+                h = encoder.config.hidden_size
+                extra = dict(neighbours=[n.prompt for n in data["valid_neighbours"]],
+                             max_neighbour_fire=lead.max_neighbour_fire, sentence=lambda t: f(t)[:, h:2 * h])
             calibration = calibrate_at_size(base, keys, prototype, data["valid"], data["train"], CALIBRATION_STORED,
-                                            lead.gate, budget, verify)
+                                            lead.gate, budget, verify, **extra)
             if calibration["threshold"] is not None:
                 setattr(base, calibration["setting"], calibration["threshold"])
         evaluated = data["test"][:N_EVAL]
@@ -215,7 +243,7 @@ def cached_verifier(lead: Lead, encoder: KnowledgeEncoder, train: list, embed, s
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in verifier.trainable_state_dict().items()}, str(path / "verifier.safetensors"))
         write_json(path / "log.json", log)
-    verifier.round_to_half()  # as an editor's checkpoint stores it
+    verifier.round_to_stored()  # as an editor's checkpoint stores it
     verifier.eval()
     memo: dict[tuple[str, str], float] = {}
 
@@ -243,9 +271,11 @@ def main() -> None:
     data = {s: load_split("medversa", s, data_dir) for s in ("train", "valid", "test")}
     data["neighbours"] = load_neighbours()
     data["duplicates"] = load_locality_duplicates()
+    data["valid_neighbours"] = load_neighbours(VALID_NEIGHBOURS_FILE)
     encoder, committed = load_retriever(Path(args.checkpoint))
     texts = [t for s in ("train", "valid", "test") for r in data[s]
-             for t in (r.prompt, r.rephrase, r.locality["locality"].prompt)] + [n.prompt for n in data["neighbours"]]
+             for t in (r.prompt, r.rephrase, r.locality["locality"].prompt)] + \
+        [n.prompt for key in ("neighbours", "valid_neighbours") for n in data[key]]
     feats = cached_features(encoder, texts, args.checkpoint)
     results = json.loads(OUT.read_text())["leads"] if OUT.exists() else []
     verifiers: dict = {}

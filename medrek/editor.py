@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .data.records import EditRecord, unencodable_at
+from .data.records import EditRecord, fold_question, unencodable_at
 from .config import check_fields, check_keys
 from .io import CheckpointError, atomic_path, file_sha256, read_checkpoint_meta, read_tensors, resolve_link, write_json
 from .memory import SCORES, EditMemory, Explanation, Lookup, MemoryConfig, Retrieval
@@ -31,7 +31,7 @@ from .models.edited_lm import (CHAT_TEMPLATE_SETTINGS, EditedModel, PairBatch, R
                                resolve_chat_template, score_pairs)
 from .models.encoder import KnowledgeEncoder, KnowledgeEncoderConfig
 from .models.prompt import EditTextCutWarning, PromptEncoder, PromptEncoderConfig
-from .models.verifier import QuestionVerifier, VerifierConfig
+from .models.verifier import VERIFIER_KINDS, QuestionVerifier, VerifierConfig
 from .models.registry import load_causal_lm, load_encoder
 
 __all__ = ["EditorConfig", "EditedModel", "Editor", "EditTextCutWarning", "PairBatch", "RowPrompts", "ScoreResult",
@@ -67,6 +67,7 @@ class EditorConfig:
     verify_k: int = 0  # > 0: a QuestionVerifier reads the top verify_k edits (train.retriever trains it)
     min_verified: float = 0.5  # the verifier's probability an edit needs to fire
     verifier_layers: int = 2  # top encoder layers of the verifier that are trained and saved
+    verifier_kind: str = "top-layers"  # top-layers | cross-encoder (medrek.models.verifier)
     query_prefix: str = ""  # an instruction every question starts with, left out of what retrieval reads
 
     def __post_init__(self) -> None:
@@ -77,11 +78,13 @@ class EditorConfig:
             raise ValueError(f"EditorConfig.score must be one of {SCORES}, got {self.score!r}")
         if self.min_verified > 1:
             raise ValueError(f"EditorConfig.min_verified is a probability, got {self.min_verified!r}")
+        if self.verifier_kind not in VERIFIER_KINDS:
+            raise ValueError(f"EditorConfig.verifier_kind must be one of {VERIFIER_KINDS}, got {self.verifier_kind!r}")
 
 
 RETRIEVAL_DEFAULTS = {name: getattr(EditorConfig, name) for name in
                       ("score", "exact_match", "prototype_gate", "verify_k", "min_verified", "verifier_layers",
-                       "query_prefix")}
+                       "verifier_kind", "query_prefix")}
 
 
 def _as_request(item: EditRecord | Mapping[str, Any], position: int) -> dict[str, Any]:
@@ -92,7 +95,7 @@ def _as_request(item: EditRecord | Mapping[str, Any], position: int) -> dict[str
         raise ValueError(f"edit request {position}: expected a mapping with 'prompt' and 'target_new', got {item!r}")
     for name in ("prompt", "target_new"):
         value = item.get(name)
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not fold_question(value):  # zero-width characters or a BOM alone are empty
             raise ValueError(f"edit request {position}: {name!r} must be a non-empty string, got {value!r}")
     if "id" in item and (not isinstance(item["id"], (str, int)) or isinstance(item["id"], bool) or not str(item["id"]).strip()):
         raise ValueError(f"edit request {position}: 'id' must be a non-empty string, got {item['id']!r}")
@@ -197,7 +200,7 @@ class Editor(nn.Module):
         verifier = None
         if config.verify_k > 0:  # a copy of the released sentence encoder, its top layers to be trained
             verifier = QuestionVerifier(backbone, enc_tok, VerifierConfig(config.verifier_layers, config.max_length,
-                                                                          config.verify_k)).to(device)
+                                                                          config.verify_k, config.verifier_kind)).to(device)
         return cls(config, model, encoder, prompt_encoder, verifier)
 
     def new_memory(self) -> EditMemory:
@@ -405,8 +408,8 @@ class Editor(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"encoder.{k}": v for k, v in self.encoder.trainable_state_dict().items()}
         state.update({f"prompt_encoder.{k}": v for k, v in self.prompt_encoder.state_dict().items()})
-        if self.verifier is not None:  # stored in float16 (train.retriever rounds it so before use)
-            state.update({f"verifier.{k}": v.half() for k, v in self.verifier.trainable_state_dict().items()})
+        if self.verifier is not None:  # float16 or int8 rows (train.retriever rounds it so before use)
+            state.update({f"verifier.{k}": v for k, v in self.verifier.stored_state_dict().items()})
         return state
 
     def fingerprint(self) -> str:
@@ -449,8 +452,8 @@ class Editor(nn.Module):
         self.prompt_encoder.load_state_dict({k[len("prompt_encoder."):]: v for k, v in tensors.items()
                                              if k.startswith("prompt_encoder.")})
         if self.verifier is not None:
-            self.verifier.load_state_dict({k[len("verifier."):]: v.float() for k, v in tensors.items()
-                                           if k.startswith("verifier.")}, strict=False)
+            self.verifier.load_stored_state_dict({k[len("verifier."):]: v for k, v in tensors.items()
+                                                  if k.startswith("verifier.")})
         if self.config.train_backbone:  # cached features came from the old backbone
             self.encoder.clear_cache()
         self.memory = self.new_memory()

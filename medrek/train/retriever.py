@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -32,6 +33,7 @@ from ..memory import EditMemory
 
 __all__ = ["RetrieverTrainConfig", "train_query_head", "retriever_losses", "calibrate_threshold",
            "VerifierTrainConfig", "mine_pairs", "train_verifier", "RetrievalStageConfig", "fit_large_memory_retrieval", "calibrate_at_size",
+           "distinct_questions",
            "stage_config"]
 
 
@@ -150,21 +152,57 @@ def calibrate_threshold(memory: EditMemory, queries: torch.Tensor, texts: Sequen
             "stored": len(memory), "queries": n, "false_fire_before": fired / n, "false_fire_after": after}
 
 
+def distinct_questions(texts: Sequence[str], stored_prompts: Sequence[str], sentence: Callable[[list[str]], torch.Tensor],
+                       duplicate_cosine: float = 0.8) -> list[str]:
+    """Those of ``texts`` that ask no stored question: neither equal to a stored prompt once
+    folded nor at sentence cosine >= ``duplicate_cosine`` to one (``sentence(texts)`` gives
+    sentence vectors). The released pool asks some questions twice, so a held-out locality
+    prompt may be a paraphrase of a stored edit, which a retriever with generality rightly
+    fires on: calibrating on it would push the threshold above the paraphrases themselves."""
+    if not texts:
+        return []
+    folded = {fold_question(p) for p in stored_prompts}
+    keys = F.normalize(sentence(list(stored_prompts)), dim=-1)  # [N, h]
+    best = torch.cat([(F.normalize(sentence(list(texts[s:s + 512])), dim=-1) @ keys.T).amax(1)
+                      for s in range(0, len(texts), 512)])
+    return [t for t, b in zip(texts, best.tolist()) if b < duplicate_cosine and fold_question(t) not in folded]
+
+
 @torch.no_grad()
 def calibrate_at_size(config, embed: Callable[[list[str]], torch.Tensor], prototype: torch.Tensor,
                       calibration: Sequence[EditRecord], padding: Sequence[EditRecord], stored: int, gate: str,
-                      max_false_fire: float, verify=None) -> dict:
+                      max_false_fire: float, verify=None, *, neighbours: Sequence[str] = (),
+                      max_neighbour_fire: float | None = None, sentence: Callable[[list[str]], torch.Tensor] | None = None,
+                      duplicate_cosine: float = 0.8) -> dict:
     """:func:`calibrate_threshold` with ``stored`` edits in a retrieval-only memory of
     ``config`` (``calibration`` first, then ``padding``; keys ``embed(prompts)``), the
-    queries being ``calibration``'s locality prompts. The result also counts them
-    (``locality_prompts``)."""
+    queries being ``calibration``'s locality prompts: with ``sentence`` (sentence vectors),
+    only those that ask no stored question (:func:`distinct_questions`). With ``neighbours``
+    (questions written for ``calibration`` edits: same subject, another fact) the threshold is
+    also raised until at most ``max_neighbour_fire`` of them fire (default ``max_false_fire``),
+    and the higher of the two is kept. The result counts the queries (``locality_prompts``,
+    ``locality_duplicates_left_out``, ``neighbour_questions``)."""
     from ..evaluate.growth import padded_memory, vector_memory
 
     records = padded_memory(calibration, padding, stored)
     prompts = [r.prompt for r in records]
     memory = vector_memory(config, embed(prompts), prototype, prompts, verify)
     loc = [p.prompt for r in calibration for p in r.locality.values()]
-    return {**calibrate_threshold(memory, embed(loc), loc, gate, max_false_fire), "locality_prompts": len(loc)}
+    kept = distinct_questions(loc, prompts, sentence, duplicate_cosine) if sentence is not None else loc
+    if not kept:
+        raise ValueError(f"all {len(loc)} calibration locality prompts ask a stored question (sentence cosine >= "
+                         f"{duplicate_cosine} to a stored prompt): nothing is left to calibrate on; raise duplicate_cosine")
+    result = {**calibrate_threshold(memory, embed(kept), kept, gate, max_false_fire), "locality_prompts": len(kept),
+              "locality_duplicates_left_out": len(loc) - len(kept)}
+    if neighbours:
+        budget = max_false_fire if max_neighbour_fire is None else max_neighbour_fire
+        nb = calibrate_threshold(memory, embed(list(neighbours)), list(neighbours), gate, budget)
+        result["neighbours"] = {k: nb[k] for k in ("threshold", "max_false_fire", "queries", "false_fire_before",
+                                                   "false_fire_after")}
+        result["neighbour_questions"] = len(neighbours)
+        if nb["threshold"] is not None and (result["threshold"] is None or nb["threshold"] > result["threshold"]):
+            result["threshold"] = nb["threshold"]
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,29 +313,45 @@ class RetrievalStageConfig:
     retriever_batch_size: int = 128
     verifier_epochs: int = 1
     verifier_layers: int = 2
+    verifier_kind: str = "top-layers"  # top-layers (the kit's loop) | cross-encoder (sentence-transformers, hard negatives)
+    distinct: bool = False  # calibrate on locality prompts that ask no stored question, and on neighbour questions
+    max_neighbour_fire: float = 0.1  # with distinct and neighbour questions: their share allowed to fire
+    duplicate_cosine: float = 0.8  # with distinct: a locality prompt this close to a stored prompt asks its question
 
     def __post_init__(self) -> None:
         from ..config import check_fields
+        from ..models.verifier import VERIFIER_KINDS
 
         check_fields(self, RetrievalStageConfig, "retrieval_stage")  # types and ranges, by field name
-        if not 0 <= self.max_false_fire < 1:
-            raise ValueError(f"retrieval_stage.max_false_fire must be in [0, 1), got {self.max_false_fire!r}")
+        if not 0 < self.duplicate_cosine <= 1:
+            raise ValueError(f"retrieval_stage.duplicate_cosine must be in (0, 1], got {self.duplicate_cosine!r}")
+        for name in ("max_false_fire", "max_neighbour_fire"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"retrieval_stage.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.verifier_kind not in VERIFIER_KINDS:
+            raise ValueError(f"retrieval_stage.verifier_kind must be one of {VERIFIER_KINDS}, got {self.verifier_kind!r}")
 
 
 def fit_large_memory_retrieval(editor, train: Sequence[EditRecord], calibration: Sequence[EditRecord],
                                padding: Sequence[EditRecord], config: RetrievalStageConfig | None = None,
-                               seed: int = 0, progress: bool = False) -> dict:
+                               seed: int = 0, progress: bool = False, *, neighbours: Sequence[str] = (),
+                               work_dir: str | Path | None = None) -> dict:
     """Make ``editor``'s retrieval hold in a large memory, in place.
 
     1. retrain its query head (:func:`train_query_head`) on ``train``; keys become cosine;
     2. with ``verify_k`` > 0, train a :class:`~medrek.models.verifier.QuestionVerifier` on pairs
-       mined from ``train`` with the new keys;
+       mined from ``train``: ``top-layers`` with the new keys and the kit's loop, ``cross-encoder``
+       with sentence-transformers (:func:`medrek.train.cross_encoder.train_cross_encoder`,
+       resumable from its checkpoints in ``work_dir``);
     3. set exact-match retrieval, drop the prototype gate (the new keys no longer live in the
        prototype's space) and calibrate the verifier's probability (or, without a verifier, the
        cosine) so that at most ``max_false_fire`` of ``calibration``'s locality prompts fire with
-       ``stored`` edits stored: ``calibration`` first, then ``padding``.
+       ``stored`` edits stored: ``calibration`` first, then ``padding``. With ``distinct``, the
+       locality prompts that ask a stored question are left out, and at most
+       ``max_neighbour_fire`` of ``neighbours`` (questions written for ``calibration`` edits) may fire.
 
-    ``calibration`` and ``padding`` must be held out from every evaluation. Returns a log."""
+    ``calibration``, ``padding`` and ``neighbours`` must be held out from every evaluation.
+    Returns a log."""
     from ..models.verifier import QuestionVerifier, VerifierConfig
 
     config = config or RetrievalStageConfig()
@@ -309,29 +363,62 @@ def fit_large_memory_retrieval(editor, train: Sequence[EditRecord], calibration:
     cfg = editor.config
     cfg.score, cfg.exact_match, cfg.prototype_gate = "cosine", True, False
     cfg.min_margin = cfg.min_similarity = None
-    cfg.verify_k, cfg.verifier_layers = config.verify_k, config.verifier_layers
+    cfg.verify_k, cfg.verifier_layers, cfg.verifier_kind = config.verify_k, config.verifier_layers, config.verifier_kind
     verifier_log = None
     editor.verifier = None
     if config.verify_k:
         torch.manual_seed(seed)
         editor.verifier = QuestionVerifier(encoder.backbone, encoder.tokenizer,
-                                           VerifierConfig(config.verifier_layers, cfg.max_length, config.verify_k))
+                                           VerifierConfig(config.verifier_layers, cfg.max_length, config.verify_k,
+                                                          config.verifier_kind))
         editor.verifier.to(encoder.device)
-        with torch.no_grad():
-            questions, stored, labels = mine_pairs(train, encoder.query)
-        verifier_log = train_verifier(editor.verifier, questions, stored, labels,
-                                      VerifierTrainConfig(epochs=config.verifier_epochs), seed, progress)
-        editor.verifier.round_to_half()
+        if config.verifier_kind == "cross-encoder":
+            verifier_log = _train_cross_encoder_verifier(editor.verifier, train, cfg.encoder, config, work_dir, seed,
+                                                         progress)
+        else:
+            with torch.no_grad():
+                questions, stored, labels = mine_pairs(train, encoder.query)
+            verifier_log = train_verifier(editor.verifier, questions, stored, labels,
+                                          VerifierTrainConfig(epochs=config.verifier_epochs), seed, progress)
+        editor.verifier.round_to_stored()
     calibration = list(calibration)[: config.calibration_edits]
+    extra = {}
+    if config.distinct:
+        h = encoder.config.hidden_size
+        extra = dict(neighbours=list(neighbours), max_neighbour_fire=config.max_neighbour_fire,
+                     sentence=lambda texts: encoder.features(texts)[:, h:2 * h],  # the masked-mean block
+                     duplicate_cosine=config.duplicate_cosine)
     with torch.no_grad():
         result = calibrate_at_size(editor.new_memory().config, encoder.query, encoder.prototype_key(), calibration,
                                    padding, config.stored, "verified" if config.verify_k else "similarity",
-                                   config.max_false_fire, editor._verify())
+                                   config.max_false_fire, editor._verify(), **extra)
     if result["threshold"] is not None:
         setattr(cfg, result["setting"], result["threshold"])
     editor.memory = editor.new_memory()
     return {"stage": asdict(config), "seed": seed, "retriever": retriever_log, "verifier": verifier_log,
             "calibration": {**result, "calibration_edits": len(calibration)}}
+
+
+def _train_cross_encoder_verifier(verifier, train: Sequence[EditRecord], encoder_name: str,
+                                  config: RetrievalStageConfig, work_dir: str | Path | None, seed: int,
+                                  progress: bool) -> dict:
+    """Train the ``cross-encoder`` verifier with sentence-transformers in ``work_dir`` (a
+    temporary folder if None) and load its weights into ``verifier``."""
+    import tempfile
+
+    from transformers import AutoModelForSequenceClassification
+
+    from .cross_encoder import CrossEncoderTrainConfig, train_cross_encoder
+
+    ce = CrossEncoderTrainConfig(base=encoder_name, epochs=config.verifier_epochs,
+                                 trained_layers=config.verifier_layers, max_length=verifier.config.max_length)
+    with tempfile.TemporaryDirectory(prefix="medrek-verifier-") as tmp:
+        folder = Path(work_dir) if work_dir is not None else Path(tmp)
+        log = train_cross_encoder(train, folder, ce, seed=seed, progress=progress)
+        trained = AutoModelForSequenceClassification.from_pretrained(folder / "model")
+    state = {f"classifier.{k}": v for k, v in trained.state_dict().items()}
+    verifier.load_state_dict({k: v for k, v in state.items() if k in verifier.trainable_state_dict()}, strict=False)
+    return log
 
 
 def stage_config(settings: Mapping[str, Any], where: str) -> RetrievalStageConfig:
