@@ -326,3 +326,42 @@ def test_retrieval_settings_at_their_defaults_keep_an_editors_fingerprint(make_e
     before = editor.fingerprint()
     editor.config.exact_match = True
     assert editor.fingerprint() != before
+
+
+def test_growth_scores_distinct_locality_and_neighbours_against_the_unedited_answer(make_editor, tiny_lm, tmp_path):
+    from medrek.baselines.base import RetrievalMethod, UneditedMethod
+    from medrek.editor import EditedModel
+    from medrek.evaluate import unedited_locality_predictions
+    from medrek.evaluate.growth import Neighbour, neighbour_records, run_growth, with_unedited_answers
+
+    records = make_records(7)
+    model = EditedModel(*tiny_lm)
+    # the neighbour of r0 is r0's own prompt reworded so that it fires r0's edit (exact match on its prompt)
+    neighbours = with_unedited_answers(model, [Neighbour("r0", records[0].prompt), Neighbour("r1", "Which gland secretes insulin?")],
+                                       max_new_tokens=4)
+    assert all(n.answer for n in neighbours)
+    nref = unedited_locality_predictions(model, neighbour_records(neighbours))
+    reference = unedited_locality_predictions(model, records[:3])
+    editor = make_editor("medrek-lm-embedding", n_tokens=12, score="cosine", exact_match=True, min_similarity=0.9999,
+                         prototype_gate=False)
+    duplicates = {"r2": "r5"}  # r2's locality prompt asks r5's question: only a duplicate once r5 is stored
+    rows = run_growth(RetrievalMethod(editor), records[:3], records, [3, 7], reference, tmp_path / "g.csv",
+                      progress=False, duplicates=duplicates, neighbours=neighbours, neighbour_reference=nref)
+    small, large = rows[rows["stored"] == 3], rows[rows["stored"] == 7]
+    assert small["duplicate/locality"].tolist() == [0.0, 0.0, 0.0] and large["duplicate/locality"].tolist() == [0.0, 0.0, 1.0]
+    assert math.isnan(large["locality/distinct"].iloc[2]) and not math.isnan(small["locality/distinct"].iloc[2])
+    r0 = small.iloc[0]
+    assert r0["fired/neighbour"] == 1.0  # its edit fired on the neighbour question
+    assert r0["changed_when_fired/neighbour"] == float(r0["locality/neighbour"] < 1.0)
+    assert math.isnan(small.iloc[2]["locality/neighbour"])  # r2 has no neighbour question
+    # the unedited LM is its own reference: nothing changes; the rows resume; other probes are refused
+    plain = run_growth(UneditedMethod(model), records[:3], records, [3], reference, tmp_path / "u.csv", progress=False,
+                       neighbours=neighbours, neighbour_reference=nref)
+    assert plain["locality/neighbour"].dropna().eq(1.0).all()
+    again = run_growth(RetrievalMethod(editor), records[:3], records, [3, 7], reference, tmp_path / "g.csv",
+                       progress=False, duplicates=duplicates, neighbours=neighbours, neighbour_reference=nref)
+    assert again.equals(rows)
+    from medrek.evaluate.protocols import ResumeError
+    with pytest.raises(ResumeError, match="neighbours"):
+        run_growth(RetrievalMethod(editor), records[:3], records, [3, 7], reference, tmp_path / "g.csv", progress=False,
+                   duplicates=duplicates, neighbours=neighbours[:1], neighbour_reference=nref)

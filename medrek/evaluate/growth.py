@@ -18,6 +18,14 @@ edits. The evaluated edits' questions are then asked:
 Everything here works on query and key vectors, so a retrieval-only ladder over cached encoder
 features takes seconds; :func:`editor_retrieval_rates` runs the same measurement through an
 :class:`~medrek.Editor`.
+
+:func:`run_growth` measures the same with the LM: besides efficacy, generality and locality per
+stored size, with ``duplicates`` it scores locality on *distinct* prompts only
+(``locality/distinct``, ``fired/distinct``), with ``neighbours`` it asks each evaluated edit's
+neighbour question and compares the answer with the unedited LM's (``locality/neighbour``,
+``fired/neighbour``), and for both it reports how often a wrongly fired edit changes the answer
+(``changed_when_fired/distinct``, ``changed_when_fired/neighbour``: the share of misfired rows
+whose answer differs from the unedited LM's in at least one position).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import torch
 from ..data.records import EditRecord, records_sha256
 from ..memory import EditMemory, MemoryConfig
 
-__all__ = ["Neighbour", "load_neighbours", "load_locality_duplicates", "padded_memory", "RetrievalProbes", "retrieval_rates",
+__all__ = ["Neighbour", "with_unedited_answers", "neighbour_records", "load_neighbours", "load_locality_duplicates", "padded_memory", "RetrievalProbes", "retrieval_rates",
            "probes_for", "vector_memory", "editor_retrieval_rates", "run_growth", "NEIGHBOURS_FILE",
            "VALID_NEIGHBOURS_FILE"]
 
@@ -49,6 +57,33 @@ class Neighbour:
 
     record_id: str  # the MedVersa test record it neighbours
     prompt: str
+    answer: str = ""  # what the unedited LM answers (filled by :func:`with_unedited_answers`)
+
+
+@torch.no_grad()
+def with_unedited_answers(model, neighbours: Sequence[Neighbour], max_new_tokens: int = 12,
+                          batch_size: int = 32) -> list[Neighbour]:
+    """``neighbours`` with ``answer`` set to the unedited LM's greedy answer (``model``: an
+    :class:`~medrek.models.edited_lm.EditedModel`; its chat template, if any): the locality
+    reference of a question that has no released answer. An empty answer stays empty (such a
+    neighbour is not scored)."""
+    out = []
+    for start in range(0, len(neighbours), batch_size):
+        part = neighbours[start:start + batch_size]
+        batch = model.encode_queries([n.prompt for n in part])
+        new = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False)
+        texts = model.tokenizer.batch_decode(new, skip_special_tokens=True)
+        out += [dataclasses.replace(n, answer=t.strip()) for n, t in zip(part, texts)]
+    return out
+
+
+def neighbour_records(neighbours: Sequence[Neighbour]) -> list[EditRecord]:
+    """Records whose one locality probe (``neighbour``) is a neighbour question and its unedited
+    answer, for :func:`~medrek.evaluate.protocols.unedited_locality_predictions`."""
+    from ..data.records import LocalityProbe
+
+    return [EditRecord(n.record_id, n.prompt, n.answer, "", (n.prompt,), "",
+                       {"neighbour": LocalityProbe(n.prompt, n.answer)}) for n in neighbours]
 
 
 def load_neighbours(path: str | Path = NEIGHBOURS_FILE) -> list[Neighbour]:
@@ -198,12 +233,19 @@ def _request(record: EditRecord) -> Mapping[str, str]:
 # ---------------------------------------------------------------------------------------------
 def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRecord], sizes: Sequence[int],
                reference, path: str | Path, *, seed: int = 0, batch_size: int = 32, resume: bool = True,
-               labels: Mapping[str, object] | None = None, max_length: int | None = None, progress: bool = True):
+               labels: Mapping[str, object] | None = None, max_length: int | None = None, progress: bool = True,
+               duplicates: Mapping[str, str] | None = None, neighbours: Sequence[Neighbour] = (),
+               neighbour_reference: Mapping[str, list[torch.Tensor]] | None = None):
     """Score ``evaluated`` with ``stored`` edits in the method's memory for each of ``sizes``:
     the evaluated edits plus ``padding`` (:func:`padded_memory`). One row per request and size
     (``stored`` and ``eval_at`` say the size) goes to ``path`` (CSV) after every size; a rerun
     resumes after the last finished size, and rows made by something else are refused
-    (:class:`~medrek.evaluate.protocols.ResumeError`)."""
+    (:class:`~medrek.evaluate.protocols.ResumeError`).
+
+    ``duplicates`` (:func:`load_locality_duplicates`) adds the distinct-locality columns;
+    ``neighbours`` (with answers, :func:`with_unedited_answers`) and ``neighbour_reference``
+    (:func:`~medrek.evaluate.protocols.unedited_locality_predictions` of :func:`neighbour_records`)
+    the neighbour columns (see the module docstring)."""
     import hashlib
 
     import pandas as pd
@@ -221,7 +263,8 @@ def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRe
         "method": method.name, "identity": method.identity(), "protocol": "growth", "seed": seed,
         "evaluated": [r.record_id for r in evaluated][:3] + [len(evaluated)],
         "records_sha256": records_sha256(evaluated), "padding": pad_ids,
-        "labels": dict(labels or {}), "max_length": max_length}, default=str))
+        "labels": dict(labels or {}), "max_length": max_length,
+        **_probe_signature(evaluated, duplicates, neighbours)}, default=str))
     sig_path = path.with_suffix(".json")
     rows: list[dict] = []
     if resume and path.exists() and sig_path.exists():
@@ -237,8 +280,13 @@ def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRe
     for stored in tqdm([s for s in sizes if s not in done], desc=f"{method.name} growth", disable=not progress):
         method.restore()
         try:
-            method.edit(padded_memory(evaluated, padding, stored))
+            memory = padded_memory(evaluated, padding, stored)
+            method.edit(memory)
             new = _score_step(method, evaluated, idx, reference, batch_size, max_length)
+            if duplicates is not None:
+                _add_distinct(new, {r.record_id for r in memory}, duplicates)
+            if neighbours:
+                _add_neighbours(method, new, neighbours, neighbour_reference, batch_size, max_length)
         finally:
             method.restore()
         for row in new:
@@ -246,3 +294,67 @@ def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRe
         rows += new
         write_csv(path, pd.DataFrame(rows))
     return pd.DataFrame(rows)
+
+
+def _probe_signature(evaluated: Sequence[EditRecord], duplicates: Mapping[str, str] | None,
+                     neighbours: Sequence[Neighbour]) -> dict:
+    """What the extra probes of a growth run were (absent when not used, so rows saved without
+    them keep their signature)."""
+    import hashlib
+
+    ids = {r.record_id for r in evaluated}
+    out: dict = {}
+    if duplicates is not None:
+        pairs = sorted((k, v) for k, v in duplicates.items() if k in ids)
+        out["duplicates"] = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
+    if neighbours:
+        rows = sorted((n.record_id, n.prompt, n.answer) for n in neighbours if n.record_id in ids)
+        out["neighbours"] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    return out
+
+
+def _changed_when_fired(locality: float, fired: float) -> float:
+    """1 if a fired edit changed the answer (locality below 1), 0 if not, NaN if nothing fired."""
+    return math.nan if not fired else float(locality < 1.0)
+
+
+def _add_distinct(rows: list[dict], stored_ids: set[str], duplicates: Mapping[str, str]) -> None:
+    """Distinct-locality columns: NaN for a record whose locality prompt asks the question of a
+    stored edit (its hand-labelled twin is in the memory)."""
+    for row in rows:
+        twin = duplicates.get(str(row["record_id"]))
+        asks_stored = twin is not None and twin in stored_ids
+        row["duplicate/locality"] = float(asks_stored)
+        if asks_stored:
+            row["locality/distinct"] = row["fired/distinct"] = row["changed_when_fired/distinct"] = math.nan
+            continue
+        fired = float(row.get("fired/locality", math.nan))
+        row["locality/distinct"] = row["locality"]
+        row["fired/distinct"] = fired
+        row["changed_when_fired/distinct"] = _changed_when_fired(row["locality"], fired) if fired == fired else math.nan
+
+
+def _add_neighbours(method, rows: list[dict], neighbours: Sequence[Neighbour], reference, batch_size: int,
+                    max_length: int | None) -> None:
+    """Neighbour columns: each row's neighbour question (one per record at most; none, or an
+    empty unedited answer: NaN) scored against the unedited LM's answer."""
+    from .metrics import agreement
+
+    if reference is None:
+        raise ValueError("neighbours need their neighbour_reference (unedited_locality_predictions of neighbour_records)")
+    position = {n.record_id: k for k, n in enumerate(neighbours)}
+    asked = [(row, position[str(row["record_id"])]) for row in rows
+             if str(row["record_id"]) in position and neighbours[position[str(row["record_id"])]].answer]
+    for row in rows:
+        row["locality/neighbour"] = row["fired/neighbour"] = row["changed_when_fired/neighbour"] = math.nan
+    if not asked:
+        return
+    res = method.score([neighbours[k].prompt for _, k in asked], [neighbours[k].answer for _, k in asked],
+                       batch_size=batch_size, max_length=max_length)
+    for j, (row, k) in enumerate(asked):
+        after = reference["neighbour"][k] if method.stateless else res.predictions[j]
+        value = float(agreement([reference["neighbour"][k]], [after])[0])
+        fired = float(res.fired[j]) if method.retrieval else math.nan
+        row["locality/neighbour"] = value
+        row["fired/neighbour"] = fired
+        row["changed_when_fired/neighbour"] = _changed_when_fired(value, fired) if fired == fired else math.nan
