@@ -183,3 +183,20 @@ def test_the_retrieval_stage_trains_a_cross_encoder_verifier(make_editor, tmp_pa
     assert all(torch.equal(v, editor.encoder.backbone.state_dict()[k]) for k, v in before.items())  # retriever body kept
     assert math.isfinite(editor.config.min_verified)
     assert json.loads((tmp_path / "v" / "identity.json").read_text())["config"]["trained_layers"] == 1
+
+
+def test_hard_neighbours_add_the_closest_other_question_as_a_locality_probe():
+    from medrek.train.neighbours import with_hard_neighbours
+
+    records = [_record(0, "Which enzyme do statins block?", "HMG-CoA reductase"),
+               _record(1, "Statins inhibit which enzyme?", "HMG-CoA reductase"),  # asks record 0's question
+               _record(2, "Which enzyme does allopurinol block?", "Xanthine oxidase")]
+    table = {"Which enzyme do statins block?": [1, 0, 0, 0], "Statins inhibit which enzyme?": [0.95, 0.3, 0, 0],
+             "Which enzyme does allopurinol block?": [0.8, 0, 0.6, 0]}
+    out = with_hard_neighbours(records, _embed_by_table(table))
+    assert [list(r.locality) for r in out] == [["locality", "neighbour"]] * 3
+    assert out[0].locality["neighbour"] == LocalityProbe("Which enzyme does allopurinol block?", "Xanthine oxidase")
+    assert out[2].locality["neighbour"].prompt == "Which enzyme do statins block?"
+    assert records[0].locality.keys() == {"locality"}  # the input is left as it was
+    with pytest.raises(ValueError, match="already have a 'neighbour'"):
+        with_hard_neighbours(out, _embed_by_table(table))

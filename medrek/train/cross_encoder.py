@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from ..data.records import EditRecord, fold_question
 
-__all__ = ["CrossEncoderTrainConfig", "mine_cross_encoder_pairs", "train_cross_encoder", "CrossEncoderVerifier",
+__all__ = ["CrossEncoderTrainConfig", "mine_cross_encoder_pairs", "closest_other_questions", "train_cross_encoder", "CrossEncoderVerifier",
            "sentence_embedder"]
 
 
@@ -104,61 +104,84 @@ def sentence_embedder(name: str, device: str | None = None):
     return embed
 
 
+class _Duplicates:
+    """The rule that a prompt asks the same question as an anchor (module docstring): equal once
+    folded, cosine >= ``near_duplicate``, or cosine >= ``same_answer_similar`` with the same old answer."""
+
+    def __init__(self, records: Sequence[EditRecord], near_duplicate: float, same_answer_similar: float) -> None:
+        self.folded = [fold_question(r.prompt) for r in records]
+        self.answers = [fold_question(r.ground_truth) for r in records]
+        self.near, self.same_answer = near_duplicate, same_answer_similar
+
+    def __call__(self, fold: str, answer: str, cosine: float, j: int) -> bool:
+        return self.folded[j] == fold or cosine >= self.near or (
+            cosine >= self.same_answer and bool(answer) and self.answers[j] == answer)
+
+
+def _closest(sims: torch.Tensor, k: int, skip, own: int | None = None) -> tuple[list[int], int]:
+    """The ``k`` best rows of ``sims`` [N] that ``skip`` lets through (``own`` never), and how many it skipped."""
+    out, skipped = [], 0
+    for j in sims.argsort(descending=True).tolist():
+        if len(out) == k:
+            break
+        if j == own:
+            continue
+        if skip(j):
+            skipped += 1
+            continue
+        out.append(j)
+    return out, skipped
+
+
+@torch.no_grad()
+def closest_other_questions(records: Sequence[EditRecord], embed, k: int = 1, near_duplicate: float = 0.9,
+                            same_answer_similar: float = 0.7) -> list[list[int]]:
+    """For each record, the ``k`` records whose prompts are closest to its own (``embed``: unit
+    sentence vectors) and ask another question (the module docstring's rule): its hardest neighbours."""
+    keys = embed([r.prompt for r in records])
+    same = keys @ keys.T  # [N, N]
+    rule = _Duplicates(records, near_duplicate, same_answer_similar)
+    return [_closest(same[i], k, lambda j: rule(rule.folded[i], rule.answers[i], float(same[i, j]), j), own=i)[0]
+            for i in range(len(records))]
+
+
 @torch.no_grad()
 def mine_cross_encoder_pairs(records: Sequence[EditRecord], embed, config: CrossEncoderTrainConfig
                              ) -> tuple[list[str], list[str], list[float], dict]:
     """(questions, stored prompts, labels, counts) mined from ``records`` with ``embed`` (unit
     sentence vectors), as the module docstring says."""
     prompts = [r.prompt for r in records]
-    folded = [fold_question(p) for p in prompts]
-    answers = [fold_question(r.ground_truth) for r in records]
+    rule = _Duplicates(records, config.near_duplicate, config.same_answer_similar)
     keys = embed(prompts)  # [N, h]
     same = keys @ keys.T  # [N, N] prompt-prompt cosine: near-duplicates of the own question
-    n = len(records)
     questions: list[str] = []
     stored: list[str] = []
     labels: list[float] = []
     dropped = 0
 
-    def asks_same(fold: str, answer: str, cosine: float, j: int) -> bool:
-        return folded[j] == fold or cosine >= config.near_duplicate or (
-            cosine >= config.same_answer_similar and bool(answer) and answers[j] == answer)
-
-    def duplicate(i: int, j: int) -> bool:
-        return asks_same(folded[i], answers[i], float(same[i, j]), j)
-
-    def closest(sims: torch.Tensor, k: int, skip, own: int | None = None) -> list[int]:
-        nonlocal dropped
-        out = []
-        for j in sims.argsort(descending=True).tolist():
-            if len(out) == k:
-                break
-            if j == own:
-                continue
-            if skip(j):
-                dropped += 1
-                continue
-            out.append(j)
-        return out
+    def add(question: str, rows: list[int], label: float) -> None:
+        questions.extend([question] * len(rows))
+        stored.extend(prompts[j] for j in rows)
+        labels.extend([label] * len(rows))
 
     rephrases = [r.rephrase for r in records]
     rs = embed(rephrases) @ keys.T  # [N, N]
-    for i in range(n):
-        questions.append(rephrases[i]); stored.append(prompts[i]); labels.append(1.0)
-        for j in closest(rs[i], config.negatives, lambda j: duplicate(i, j), own=i):
-            questions.append(rephrases[i]); stored.append(prompts[j]); labels.append(0.0)
-        for j in closest(same[i], 1, lambda j: duplicate(i, j), own=i):
-            questions.append(prompts[i]); stored.append(prompts[j]); labels.append(0.0)
+    for i in range(len(records)):
+        duplicate = lambda j: rule(rule.folded[i], rule.answers[i], float(same[i, j]), j)  # noqa: E731
+        add(rephrases[i], [i], 1.0)
+        for question, sims, k in ((rephrases[i], rs[i], config.negatives), (prompts[i], same[i], 1)):
+            rows, skipped = _closest(sims, k, duplicate, own=i)
+            add(question, rows, 0.0)
+            dropped += skipped
     if config.locality_negatives:
         probes = [p for r in records for p in r.locality.values()]
-        loc = [p.prompt for p in probes]
-        ls = embed(loc) @ keys.T  # [L, N]
-        for a, text in enumerate(loc):
-            fold, answer = fold_question(text), fold_question(probes[a].answer)
-            skip = lambda j: asks_same(fold, answer, float(ls[a, j]), j)  # noqa: E731
-            for j in closest(ls[a], config.locality_negatives, skip):
-                questions.append(text); stored.append(prompts[j]); labels.append(0.0)
-    counts = {"records": n, "pairs": len(labels), "positives": int(sum(labels)),
+        ls = embed([p.prompt for p in probes]) @ keys.T  # [L, N]
+        for a, probe in enumerate(probes):
+            fold, answer = fold_question(probe.prompt), fold_question(probe.answer)
+            rows, skipped = _closest(ls[a], config.locality_negatives, lambda j: rule(fold, answer, float(ls[a, j]), j))
+            add(probe.prompt, rows, 0.0)
+            dropped += skipped
+    counts = {"records": len(records), "pairs": len(labels), "positives": int(sum(labels)),
               "negatives": len(labels) - int(sum(labels)), "near_duplicates_dropped": dropped}
     return questions, stored, labels, counts
 

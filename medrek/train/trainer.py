@@ -144,9 +144,10 @@ def configs_from_parameters(values: Mapping[str, Any]) -> dict[str, TrainConfig]
 
 
 def records_from_parameters(values: Mapping[str, Any]) -> tuple[list[EditRecord], list[EditRecord], dict[str, Any]]:
-    """Notebook 02's training records (the split, its ``train_limit``, then any ``long_edits``),
-    validation records and the ``data`` description the trainer checks on resume (what notebook
-    02 and ``medrek.train.distributed`` both call)."""
+    """Notebook 02's training records (the split, its ``train_limit``, then any ``long_edits``; with
+    ``hard_neighbours`` each gets a hard-neighbour locality probe), validation records and the
+    ``data`` description the trainer checks on resume (what notebook 02 and
+    ``medrek.train.distributed`` both call)."""
     from ..config import check_keys
     from ..data import load_split
     from ..data.synthetic import long_edit_records
@@ -156,8 +157,15 @@ def records_from_parameters(values: Mapping[str, Any]) -> tuple[list[EditRecord]
     if long_edits:
         check_keys(long_edits, ["n", "target_words", "seed"], "long_edits")
         train += long_edit_records(**long_edits)
+    data = {"dataset": dataset, "train_limit": values.get("train_limit"), "long_edits": long_edits}
+    if values.get("hard_neighbours"):
+        from .cross_encoder import sentence_embedder
+        from .neighbours import with_hard_neighbours
+
+        train = with_hard_neighbours(train, sentence_embedder(values["encoder"]))
+        data["hard_neighbours"] = True  # absent when off, so runs saved before the setting still resume
     valid = load_split(dataset, values.get("valid_split", "valid"), data_dir)
-    return train, valid, {"dataset": dataset, "train_limit": values.get("train_limit"), "long_edits": long_edits}
+    return train, valid, data
 
 
 def init_from_parameters(values: Mapping[str, Any], method: str) -> Path | None:
