@@ -200,3 +200,25 @@ def test_hard_neighbours_add_the_closest_other_question_as_a_locality_probe():
     assert records[0].locality.keys() == {"locality"}  # the input is left as it was
     with pytest.raises(ValueError, match="already have a 'neighbour'"):
         with_hard_neighbours(out, _embed_by_table(table))
+
+
+def test_the_retrieval_stage_takes_a_cross_encoder_trained_before(make_editor, tmp_path):
+    from medrek.train.cross_encoder import train_cross_encoder
+    from medrek.train.retriever import fit_large_memory_retrieval
+
+    records = make_records(7)
+    train_cross_encoder(records, tmp_path / "ce", CrossEncoderTrainConfig(base="tiny-bert", epochs=1, batch_size=8,
+                                                                          negatives=1), seed=0, progress=False)
+    stage = dict(verify_k=2, stored=7, max_false_fire=0.3, calibration_edits=4, retriever_steps=3, retriever_batch_size=4,
+                 verifier_kind="cross-encoder", verifier_from=str(tmp_path / "ce"))
+    editor = make_editor("medrek-lm-embedding", n_tokens=12)
+    with pytest.raises(ValueError, match="trained 2 top layers.*verifier_layers is 1"):
+        fit_large_memory_retrieval(editor, records, records[:4], records, RetrievalStageConfig(**stage, verifier_layers=1))
+    log = fit_large_memory_retrieval(editor, records, records[:4], records, RetrievalStageConfig(**stage, verifier_layers=2))
+    assert log["verifier"]["verifier_from"] == str(tmp_path / "ce") and not (tmp_path / "ce" / "identity.json").read_text() == ""
+    from transformers import AutoModelForSequenceClassification
+    trained = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ce" / "model")
+    torch.testing.assert_close(editor.verifier.classifier.classifier.weight.float(),
+                               trained.classifier.weight.float(), atol=0.02, rtol=0.02)  # int8 rows of the trained one
+    with pytest.raises(ValueError, match="verifier_kind: cross-encoder"):
+        RetrievalStageConfig(verifier_from="x")

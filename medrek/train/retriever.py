@@ -317,6 +317,7 @@ class RetrievalStageConfig:
     distinct: bool = False  # calibrate on locality prompts that ask no stored question, and on neighbour questions
     max_neighbour_fire: float = 0.1  # with distinct and neighbour questions: their share allowed to fire
     duplicate_cosine: float = 0.8  # with distinct: a locality prompt this close to a stored prompt asks its question
+    verifier_from: str = ""  # cross-encoder: a folder medrek.train.cross_encoder trained (its model/), used as is
 
     def __post_init__(self) -> None:
         from ..config import check_fields
@@ -330,6 +331,8 @@ class RetrievalStageConfig:
                 raise ValueError(f"retrieval_stage.{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.verifier_kind not in VERIFIER_KINDS:
             raise ValueError(f"retrieval_stage.verifier_kind must be one of {VERIFIER_KINDS}, got {self.verifier_kind!r}")
+        if self.verifier_from and self.verifier_kind != "cross-encoder":
+            raise ValueError("retrieval_stage.verifier_from is a trained cross-encoder: set verifier_kind: cross-encoder")
 
 
 def fit_large_memory_retrieval(editor, train: Sequence[EditRecord], calibration: Sequence[EditRecord],
@@ -410,14 +413,33 @@ def _train_cross_encoder_verifier(verifier, train: Sequence[EditRecord], encoder
 
     from .cross_encoder import CrossEncoderTrainConfig, train_cross_encoder
 
-    ce = CrossEncoderTrainConfig(base=encoder_name, epochs=config.verifier_epochs,
-                                 trained_layers=config.verifier_layers, max_length=verifier.config.max_length)
-    with tempfile.TemporaryDirectory(prefix="medrek-verifier-") as tmp:
-        folder = Path(work_dir) if work_dir is not None else Path(tmp)
-        log = train_cross_encoder(train, folder, ce, seed=seed, progress=progress)
-        trained = AutoModelForSequenceClassification.from_pretrained(folder / "model")
+    from ..config import repo_path
+    from ..io import read_json
+
+    if config.verifier_from:  # trained before (e.g. in the background with python -m medrek.train.cross_encoder)
+        folder = repo_path(config.verifier_from)
+        model = folder / "model" if (folder / "model").is_dir() else folder
+        log = read_json(model.parent / "train_log.json") if (model.parent / "train_log.json").exists() else {}
+        trained = AutoModelForSequenceClassification.from_pretrained(model)
+        log = {**log, "verifier_from": str(config.verifier_from)}
+        layers = len(verifier.classifier.base_model.encoder.layer)
+        made = (log.get("config") or {}).get("trained_layers")
+        if made is not None and (made or layers) != verifier.config.trained_layers:
+            raise ValueError(f"{model}: the cross-encoder trained {made or layers} top layers, but "
+                             f"retrieval_stage.verifier_layers is {verifier.config.trained_layers}; make them equal")
+    else:
+        ce = CrossEncoderTrainConfig(base=encoder_name, epochs=config.verifier_epochs,
+                                     trained_layers=config.verifier_layers)
+        with tempfile.TemporaryDirectory(prefix="medrek-verifier-") as tmp:
+            folder = Path(work_dir) if work_dir is not None else Path(tmp)
+            log = train_cross_encoder(train, folder, ce, seed=seed, progress=progress)
+            trained = AutoModelForSequenceClassification.from_pretrained(folder / "model")
     state = {f"classifier.{k}": v for k, v in trained.state_dict().items()}
-    verifier.load_state_dict({k: v for k, v in state.items() if k in verifier.trainable_state_dict()}, strict=False)
+    own = verifier.trainable_state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise ValueError(f"the trained cross-encoder does not fit this editor's verifier (missing {missing[:3]})")
+    verifier.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return log
 
 
