@@ -154,6 +154,16 @@ def read_editor_config(folder: Path) -> tuple[dict[str, Any], EditorConfig]:
         raise CheckpointError(f"{meta_path}: {exc}") from None
 
 
+def check_weights(folder: Path, meta: Mapping[str, Any]) -> Path:
+    """``folder/editor.safetensors``, refused if its sha256 is not the one ``editor.json``
+    records (editors saved before the checksum record none and are not checked)."""
+    weights = folder / "editor.safetensors"
+    if meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
+        raise CheckpointError(f"{weights}: sha256 differs from the one recorded in {folder / 'editor.json'} (a corrupt "
+                              "file, or weights from another save)")
+    return weights
+
+
 def auto_edit_id(prompt: str, target: str) -> str:
     """The id of a request given without one: ``auto-`` and a hash of its text, so it cannot
     collide with another request's (or a user's ``edit-0``)."""
@@ -465,10 +475,7 @@ class Editor(nn.Module):
         folder = Path(folder)
         meta_path = folder / "editor.json"
         meta, config = read_editor_config(folder)
-        weights = folder / "editor.safetensors"
-        if meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
-            raise CheckpointError(f"{weights}: sha256 differs from the one recorded in {meta_path} (a corrupt file, "
-                                  "or weights from another save)")
+        weights = check_weights(folder, meta)
         editor = cls.build(config, device=device, lm=lm, **overrides)
         if editor.model.hidden_size != meta["lm_hidden"]:
             raise CheckpointError(f"{meta_path}: trained for an LM of hidden size {meta['lm_hidden']}, "

@@ -202,6 +202,17 @@ def test_init_from_an_editor_of_another_method_is_refused(tmp_path, tiny_lm):
         Trainer(_config(), _records(), _records(8, 100), tmp_path / "b", lm=tiny_lm, init_from=saved)
 
 
+def test_init_from_an_editor_with_a_flipped_byte_is_refused(tmp_path, tiny_lm):
+    first = Trainer(_config(steps=1, eval_every=0), _records(), _records(8, 100), tmp_path / "a", lm=tiny_lm)
+    saved = first.editor.save(tmp_path / "saved")
+    weights = saved / "editor.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="editor.safetensors: sha256 differs"):
+        Trainer(_config(), _records(), _records(8, 100), tmp_path / "b", lm=tiny_lm, init_from=saved)
+
+
 def test_without_validation_the_last_checkpoint_is_the_best(tmp_path, tiny_lm):
     trainer = Trainer(_config(steps=2, eval_every=0), _records(), _records(8, 100), tmp_path, lm=tiny_lm)
     trainer.train()

@@ -245,7 +245,7 @@ def train_cross_encoder(train: Sequence[EditRecord], out: str | Path, config: Cr
     loss = BinaryCrossEntropyLoss(model, pos_weight=pos_weight)
     args = CrossEncoderTrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=128, learning_rate=config.lr, warmup_ratio=config.warmup_ratio, seed=seed,
+        per_device_eval_batch_size=128, learning_rate=config.lr, warmup_steps=config.warmup_ratio, seed=seed,  # < 1: a ratio
         data_seed=seed, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         eval_strategy="epoch" if eval_set is not None else "no", logging_steps=50, report_to="none",
         disable_tqdm=not progress, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())

@@ -35,7 +35,7 @@ import torch
 
 from ..data.records import EditRecord, records_sha256
 from ..config import check_fields
-from ..editor import Editor, EditorConfig, checkpoint_fingerprint, read_editor_config
+from ..editor import Editor, EditorConfig, check_weights, checkpoint_fingerprint, read_editor_config
 from ..evaluate.editing import evaluate_batch_edit, unedited_locality_predictions
 from ..evaluate.metrics import prediction_positions
 from ..io import CheckpointError, read_tensors, recover_folder
@@ -253,7 +253,8 @@ class Trainer:
 
     def _check_init(self, folder: Path) -> str:
         """The fingerprint of the editor at ``folder``, refused by field if it cannot start this run."""
-        _, saved = read_editor_config(folder)
+        meta, saved = read_editor_config(folder)
+        check_weights(folder, meta)  # a corrupt file is refused here, as Editor.load refuses it
         ours = self.config
         diff = [f"{k}: {getattr(saved, k)!r} vs {getattr(ours, k)!r}" for k in INIT_MUST_MATCH
                 if getattr(saved, k) != getattr(ours, k)]
