@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medrek.data.records import EditRecord, LocalityProbe
-from medrek.models.verifier import QuestionVerifier, VerifierConfig, dequantize_rows, quantize_rows
+from medrek.models.verifier import VerifierConfig, dequantize_rows, quantize_rows
 from medrek.train.cross_encoder import CrossEncoderTrainConfig, mine_cross_encoder_pairs
 from medrek.train.retriever import RetrievalStageConfig, distinct_questions
 

@@ -365,3 +365,24 @@ def test_growth_scores_distinct_locality_and_neighbours_against_the_unedited_ans
     with pytest.raises(ResumeError, match="neighbours"):
         run_growth(RetrievalMethod(editor), records[:3], records, [3, 7], reference, tmp_path / "g.csv", progress=False,
                    duplicates=duplicates, neighbours=neighbours[:1], neighbour_reference=nref)
+
+
+def test_growth_resume_refuses_changed_padding_text_and_returns_only_the_sizes_asked(make_editor, tiny_lm, tmp_path):
+    import dataclasses
+
+    from medrek.baselines.base import RetrievalMethod
+    from medrek.editor import EditedModel
+    from medrek.evaluate import unedited_locality_predictions
+    from medrek.evaluate.growth import run_growth
+    from medrek.evaluate.protocols import ResumeError
+
+    records = make_records(7)
+    method = RetrievalMethod(make_editor("medrek-lm-embedding", n_tokens=12, exact_match=True))
+    reference = unedited_locality_predictions(EditedModel(*tiny_lm), records[:3])
+    path = tmp_path / "g.csv"
+    run_growth(method, records[:3], records, [3, 5, 7], reference, path, progress=False)
+    fewer = run_growth(method, records[:3], records, [3, 5], reference, path, progress=False)
+    assert sorted(fewer["stored"].unique()) == [3, 5]
+    changed = records[:5] + [dataclasses.replace(records[5], prompt="Another text, the same id?")] + records[6:]
+    with pytest.raises(ResumeError, match="padding"):
+        run_growth(method, records[:3], changed, [3, 7], reference, path, progress=False)

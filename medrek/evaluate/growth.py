@@ -31,6 +31,7 @@ whose answer differs from the unedited LM's in at least one position).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -246,8 +247,6 @@ def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRe
     ``neighbours`` (with answers, :func:`with_unedited_answers`) and ``neighbour_reference``
     (:func:`~medrek.evaluate.protocols.unedited_locality_predictions` of :func:`neighbour_records`)
     the neighbour columns (see the module docstring)."""
-    import hashlib
-
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -258,7 +257,7 @@ def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRe
     if not sizes or sizes[0] < len(evaluated):
         raise ValueError(f"memory sizes {sizes} must each hold the {len(evaluated)} evaluated edits")
     path = Path(path)
-    pad_ids = hashlib.sha256("\n".join(r.record_id for r in padding).encode()).hexdigest()[:16]
+    pad_ids = records_sha256(padding)[:16]  # the padding's content, not only its ids
     signature = json.loads(json.dumps({
         "method": method.name, "identity": method.identity(), "protocol": "growth", "seed": seed,
         "evaluated": [r.record_id for r in evaluated][:3] + [len(evaluated)],
@@ -293,15 +292,14 @@ def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRe
             row.update(stored=stored, eval_at=stored, step=0)
         rows += new
         write_csv(path, pd.DataFrame(rows))
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame[frame["stored"].isin(sizes)].reset_index(drop=True) if len(frame) else frame  # only the sizes asked
 
 
 def _probe_signature(evaluated: Sequence[EditRecord], duplicates: Mapping[str, str] | None,
                      neighbours: Sequence[Neighbour]) -> dict:
     """What the extra probes of a growth run were (absent when not used, so rows saved without
     them keep their signature)."""
-    import hashlib
-
     ids = {r.record_id for r in evaluated}
     out: dict = {}
     if duplicates is not None:

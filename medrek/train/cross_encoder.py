@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..data.records import EditRecord, fold_question
 
