@@ -160,6 +160,15 @@ NON_NEGATIVE = frozenset({
 })
 
 
+# Upper bounds: past them a value fails deep inside a library (a seed numpy cannot take, a tensor
+# no machine can allocate), so it is refused first, by name.
+UPPER = {"seed": 2**32 - 1, "key_dim": 65536, "n_tokens": 8192, "n_heads": 256, "n_prototype_tokens": 1024,
+         "max_length": 131072, "batch_size": 1_000_000, "steps": 100_000_000, "eval_size": 1_000_000,
+         "n_prefix_tokens": 1024, "n_suffix_tokens": 1024, "verify_k": 1024, "stored": 100_000_000}
+PROBABILITIES = frozenset({"min_verified", "max_false_fire", "max_neighbour_fire"})
+PROBABILITY_MAPS = {"gate_max_false_fire": "max_false_fire"}  # {method: rate} parameters
+
+
 def _alternatives(node: ast.expr) -> list[ast.expr]:
     """``A | B | None`` and ``Optional[A]`` as a flat list of alternatives."""
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
@@ -235,6 +244,14 @@ def check_value(name: str, value: Any, type_name: str | None, where: str) -> Non
         raise ParamsError(f"{where}: parameter '{name}' must be positive, got {value!r}")
     if numeric and name in NON_NEGATIVE and not value >= 0:
         raise ParamsError(f"{where}: parameter '{name}' must be at least 0, got {value!r}")
+    if numeric and name in UPPER and value > UPPER[name]:
+        raise ParamsError(f"{where}: parameter '{name}' must be at most {UPPER[name]:,}, got {value!r}")
+    if numeric and name in PROBABILITIES and not 0 <= value <= 1:
+        raise ParamsError(f"{where}: parameter '{name}' is a probability (0 to 1), got {value!r}")
+    if isinstance(value, dict):  # a mapping of per-method values: each checked as the named parameter
+        for key, item in value.items():
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and name in PROBABILITY_MAPS:
+                check_value(PROBABILITY_MAPS[name], item, None, f"{where}: {name}.{key}")
 
 
 def _annotation(field_: Any) -> str | None:

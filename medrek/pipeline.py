@@ -51,6 +51,31 @@ def _check_types(values: Mapping[str, Any], declared: Mapping[str, dict], where:
             check_value(key, value, declared[key].get("inferred_type_name"), where)
 
 
+def _check_training(values: Mapping[str, Any], where: str) -> None:
+    """Notebook 02's values that a type cannot say: at least 2 edits a step (its contrastive terms
+    compare edits), long_edits' fields and every retrieval_stage's settings, before anything runs."""
+    from .train.retriever import stage_config
+
+    if isinstance(values.get("batch_size"), int) and values["batch_size"] < 2:
+        raise ParamsError(f"{where}: parameter 'batch_size' must be at least 2 (the contrastive terms compare the "
+                          f"edits of a step), got {values['batch_size']!r}")
+    long_edits = values.get("long_edits")
+    if long_edits:
+        check_keys(long_edits, ["n", "target_words", "seed"], f"{where}: long_edits")
+        for key, low in (("n", 1), ("target_words", 1), ("seed", 0)):
+            item = long_edits.get(key)
+            if key in long_edits and (not isinstance(item, int) or isinstance(item, bool) or item < low):
+                raise ParamsError(f"{where}: long_edits.{key} must be an integer >= {low}, got {item!r}")
+    for method, settings in (values.get("retrieval_stage") or {}).items():
+        try:
+            stage_config(settings or {}, f"{where}: retrieval_stage.{method}")
+        except ValueError as exc:
+            raise ParamsError(str(exc)) from None
+
+
+NOTEBOOK_CHECKS = {"02_train_medrek": _check_training}  # checks a parameters cell's annotations cannot state
+
+
 def validate_params(params: Params, notebooks: dict[str, Path]) -> None:
     """Every section names a known notebook, and every key exists in its parameters cell with a
     value of the annotated type and in range."""
@@ -64,6 +89,8 @@ def validate_params(params: Params, notebooks: dict[str, Path]) -> None:
         check_keys(section, declared, f"{params.path}: notebooks.{name}")
         _check_types({"data_dir": params.data_dir, "seed": params.seed, **section}, declared,
                      f"{params.path}: notebooks.{name}")
+        if name in NOTEBOOK_CHECKS:
+            NOTEBOOK_CHECKS[name](section, f"{params.path}: notebooks.{name}")
 
 
 def check_parameters(notebook: str, values: Mapping[str, Any],
@@ -74,6 +101,8 @@ def check_parameters(notebook: str, values: Mapping[str, Any],
     declared = notebook_parameters(Path(notebooks_dir) / f"{notebook}.ipynb")
     params = {k: values[k] for k in declared if k in values}
     _check_types(params, declared, f"notebook {notebook}")
+    if notebook in NOTEBOOK_CHECKS:
+        NOTEBOOK_CHECKS[notebook](params, f"notebook {notebook}")
     return params
 
 

@@ -234,3 +234,25 @@ def test_a_key_given_twice_in_a_params_file_is_refused(tmp_path):
         load_params(path)
     path.write_text("name: x\nnotebooks:\n  02_train_medrek: {steps: 10}\n  03_single_edit: {steps: 10}\n")
     assert load_params(path).notebooks["02_train_medrek"] == {"steps": 10}  # the same key in two mappings is fine
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"batch_size": 1}, "'batch_size' must be at least 2"),
+    ({"long_edits": {"n": -5, "target_words": 60, "seed": 1}}, "long_edits.n must be an integer >= 1"),
+    ({"long_edits": {"n": 5, "words": 60}}, "long_edits"),
+    ({"gate_max_false_fire": {"medrek-lm-embedding": 7.5}}, "gate_max_false_fire.medrek-lm-embedding.*probability"),
+    ({"retrieval_stage": {"medrek-lm-embedding": {"verify_k": 2, "max_false_fire": 3.0}}}, "max_false_fire"),
+    ({"key_dim": 10**12}, "'key_dim' must be at most 65,536"),
+])
+def test_nested_and_out_of_range_training_params_are_refused_before_anything_runs(tmp_path, section, message):
+    from medrek.pipeline import NOTEBOOKS_DIR, notebook_paths, validate_params
+    from medrek.config import load_params
+
+    path = tmp_path / "p.yaml"
+    import yaml
+    path.write_text(yaml.safe_dump({"name": "x", "notebooks": {"02_train_medrek": section}}))
+    with pytest.raises(ParamsError, match=message):
+        validate_params(load_params(path), notebook_paths(NOTEBOOKS_DIR))
+    path.write_text("name: x\nseed: 1180591620717411303424\n")
+    with pytest.raises(ParamsError, match="'seed' must be at most"):
+        validate_params(load_params(path), notebook_paths(NOTEBOOKS_DIR))
