@@ -256,3 +256,41 @@ def test_nested_and_out_of_range_training_params_are_refused_before_anything_run
     path.write_text("name: x\nseed: 1180591620717411303424\n")
     with pytest.raises(ParamsError, match="'seed' must be at most"):
         validate_params(load_params(path), notebook_paths(NOTEBOOKS_DIR))
+
+
+def _results_copy(tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(REPO / "tests" / "fixtures" / "results-smoke", run)
+    csv = sorted((run / "metrics" / "records").glob("*single.csv"))[0]
+    return run, csv
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda lines: lines[:len(lines) // 2], r"of the \d+ requests the run evaluated"),  # a killed evaluation
+    (lambda lines: lines[:-1] + [",".join(lines[-1].split(",")[:2])], "half-written row"),
+    (lambda lines: [lines[0], lines[1].replace(lines[1].split(",")[2], "7.0", 1), *lines[2:]], r"outside \[0, 1\]"),
+    (lambda lines: [lines[0], lines[1].replace(lines[1].split(",")[2], "0.5abc", 1), *lines[2:]], "is not a number"),
+    (lambda lines: lines + [lines[1]], "scored twice"),
+])
+def test_claims_and_figures_refuse_partial_or_corrupt_results_naming_file_and_row(tmp_path, damage, message):
+    from medrek.evaluate.results import IncompleteResults, read_per_record
+
+    run, csv = _results_copy(tmp_path)
+    header = csv.read_text().splitlines()[0].split(",")
+    assert header[2] == "efficacy"
+    csv.write_text("\n".join(damage(csv.read_text().splitlines())) + "\n")
+    with pytest.raises(IncompleteResults, match=f"{csv.name}.*{message}"):
+        read_per_record([run])
+
+
+def test_a_partial_run_is_shown_only_when_asked_and_then_marked(tmp_path):
+    from medrek.evaluate.results import read_per_record
+
+    run, csv = _results_copy(tmp_path)
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    rows = read_per_record([run], allow_partial=True)
+    assert rows["partial"].any() and not rows["partial"].all()  # only the damaged file's rows
+    assert read_per_record([_results_copy(tmp_path / "whole")[0]])["partial"].eq(False).all()
