@@ -29,7 +29,7 @@ from pathlib import Path
 from .config import repo_path
 from .io import write_text
 
-__all__ = ["RunDir", "RunDirBusy", "NotARunDir", "LOCK_OWNER_ENV", "check_run_root"]
+__all__ = ["RunDir", "RunDirBusy", "NotARunDir", "LOCK_OWNER_ENV", "check_run_root", "mark"]
 
 LOCK_OWNER_ENV = "MEDREK_RUN_LOCK_OWNER"  # pid whose lock this process may share (set by the pipeline)
 
@@ -48,19 +48,40 @@ RUN_ENTRIES = frozenset({"notebooks", "metrics", "figures", "checkpoints", "tabl
 
 
 def check_run_root(root: Path) -> None:
-    """A run directory is absent, empty, or one the kit made (its marker, or nothing but run
-    entries, as run directories made before the marker); anything else, the repository and its
-    ``notebooks/`` included, is refused by name: the pipeline would overwrite files there."""
+    """A run directory is absent, empty, or one the kit made (its ``.medrek-run`` marker); anything
+    else, the repository and its ``notebooks/`` included, is refused by name: the pipeline would
+    overwrite files there. A run directory made before the marker existed is marked once, on
+    purpose: ``python -m medrek.rundir mark runs/<name>``. Run entries that are symlinks are
+    refused too: the kit writes only inside its run directory."""
     if root.exists() and not root.is_dir():
         raise NotARunDir(f"run_dir {root}: is a file, not a folder; choose a new or empty folder")
-    if not root.exists() or (root / MARKER).exists():
+    if not root.exists():
         return
-    foreign = sorted(e for e in os.listdir(root) if e not in RUN_ENTRIES
-                     and not (e.startswith("datasheet_") and e.endswith(".md")))
+    entries = sorted(os.listdir(root))
+    marker = root / MARKER
+    if entries and not (marker.is_file() and not marker.is_symlink()):
+        unmarked_run = all(e in RUN_ENTRIES or (e.startswith("datasheet_") and e.endswith(".md")) for e in entries)
+        hint = (f"if it is a run directory made by an older medrek-kit, mark it once with `python -m medrek.rundir "
+                f"mark {root}`" if unmarked_run else "choose a new or empty folder, e.g. runs/<name>")
+        raise NotARunDir(f"run_dir {root}: not a medrek run directory (it holds {', '.join(entries[:5])}"
+                         f"{', ...' if len(entries) > 5 else ''}; no {MARKER} marker); its files could be overwritten, "
+                         f"so nothing was written: {hint}")
+    linked = [e for e in entries if e in RUN_ENTRIES and (root / e).is_symlink()]
+    if linked:
+        raise NotARunDir(f"run_dir {root}: {linked[0]} is a symlink (to {os.readlink(root / linked[0])}); the kit "
+                         "writes only inside its run directory, so nothing was written")
+
+
+def mark(root: str | os.PathLike[str]) -> Path:
+    """Mark a run directory made by an older medrek-kit (nothing but run entries) as the kit's."""
+    path = repo_path(root).resolve()
+    if not path.is_dir():
+        raise NotARunDir(f"{path}: no such folder")
+    foreign = [e for e in os.listdir(path) if e not in RUN_ENTRIES and not (e.startswith("datasheet_") and e.endswith(".md"))]
     if foreign:
-        raise NotARunDir(f"run_dir {root}: not a medrek run directory (it holds {', '.join(foreign[:5])}"
-                         f"{', ...' if len(foreign) > 5 else ''}); its files could be overwritten, so nothing was "
-                         "written. Choose a new or empty folder, e.g. runs/<name>")
+        raise NotARunDir(f"{path}: holds {', '.join(sorted(foreign)[:5])}, which no run directory holds; not marked")
+    write_text(path / MARKER, "a medrek-kit run directory (see medrek/rundir.py)\n")
+    return path
 
 
 def _alive(pid: int) -> bool:
@@ -93,7 +114,7 @@ class RunDir:
     def create(cls, root: str | os.PathLike[str], lock: bool = True) -> "RunDir":
         """Make the folders (a relative ``root`` is taken from the repository root) and, unless
         ``lock=False`` (readers), take the run directory's lock for this process."""
-        run = cls(repo_path(root))
+        run = cls(repo_path(root).resolve())  # '..' and symlinks resolved before any check
         check_run_root(run.root)
         for sub in (run.notebooks, run.metrics, run.figures, run.checkpoints):
             sub.mkdir(parents=True, exist_ok=True)
@@ -156,5 +177,30 @@ class RunDir:
         return self.root / "checkpoints"
 
     @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
     def params(self) -> Path:
         return self.root / "params.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m medrek.rundir mark FOLDER``: mark a run directory of an older kit."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m medrek.rundir", description=main.__doc__)
+    ap.add_argument("command", choices=["mark"])
+    ap.add_argument("folder")
+    args = ap.parse_args(argv)
+    try:
+        print(f"marked {mark(args.folder)}")
+    except NotARunDir as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

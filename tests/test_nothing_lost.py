@@ -294,3 +294,27 @@ def test_a_partial_run_is_shown_only_when_asked_and_then_marked(tmp_path):
     rows = read_per_record([run], allow_partial=True)
     assert rows["partial"].any() and not rows["partial"].all()  # only the damaged file's rows
     assert read_per_record([_results_copy(tmp_path / "whole")[0]])["partial"].eq(False).all()
+
+
+def test_run_dirs_resolve_dotdot_refuse_unmarked_folders_and_symlinked_entries(tmp_path):
+    from medrek.rundir import main as rundir_main
+
+    users = tmp_path / "user"
+    users.mkdir()
+    (users / "params.yaml").write_text("mine")
+    for tricky in (tmp_path / "nothere" / ".." / "user", users):  # '..' walks to the user's folder
+        with pytest.raises(NotARunDir, match="not a medrek run directory"):
+            RunDir.create(tricky, lock=False)
+    common = tmp_path / "common"  # only names a run holds, but the user's: refused, with the way to mark a real one
+    (common / "figures").mkdir(parents=True)
+    (common / "README.md").write_text("notes")
+    with pytest.raises(NotARunDir, match="python -m medrek.rundir mark"):
+        RunDir.create(common, lock=False)
+    assert (users / "params.yaml").read_text() == "mine" and (common / "README.md").read_text() == "notes"
+    assert rundir_main(["mark", str(common)]) == 0 and RunDir.create(common, lock=False).root == common.resolve()
+    assert rundir_main(["mark", str(users / "..")]) == 2  # a folder holding foreign entries is never marked
+    run = RunDir.create(tmp_path / "run", lock=False)
+    (tmp_path / "elsewhere").mkdir()
+    (run.root / "tables").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(NotARunDir, match="tables is a symlink"):
+        RunDir.create(run.root, lock=False)
