@@ -174,8 +174,11 @@ def run_lead(lead: Lead, encoder: KnowledgeEncoder, committed: dict, data: dict,
     start = time.perf_counter()
     f = lambda texts: torch.stack([feats[t] for t in texts])  # noqa: E731
     head, train_log = None, None
-    if lead.head == "trained":
-        head, train_log = train_query_head(encoder.query_head, data["train"], f, lead.train, seed=seed)
+    if lead.head == "trained":  # leads with the same training share one head (trained once per process)
+        key = ("head", json.dumps(vars(lead.train), sort_keys=True), seed)
+        if key not in verifiers:
+            verifiers[key] = train_query_head(encoder.query_head, data["train"], f, lead.train, seed=seed)
+        head, train_log = verifiers[key]
     embed = keys_of(lead, encoder, head)
     verify, verifier_log = None, None
     if lead.cross_encoder:

@@ -15,7 +15,7 @@ Two steps, each resumable, nothing trained or calibrated on test:
         ike=checkpoints/small/medrek-lm-embedding ce=runs/large-memory/ce
 
 Rows go to ``studies/results/large_memory/growth_<lead>.csv`` (per request and size) and the
-means to ``studies/results/large_memory.json``; ``python studies/render.py`` renders the table.
+means to ``studies/results/large_memory.json``; ``python studies/render_large_memory.py`` renders the table.
 """
 
 from __future__ import annotations

@@ -91,3 +91,14 @@ def test_best_marks_use_the_rounded_values_and_skip_unedited_locality():
     assert best["locality"].tolist() == [True, False, False]  # the unedited 100.0 holds by definition
     text = to_markdown(table)
     assert "**60.2**" in text and "| unedited | 10.0 | 100.0 |" in text
+
+
+def test_a_comparison_may_read_another_metric_on_b_and_pairs_only_where_a_has_a_value():
+    per_record = _per_record({("m", "single", 1): {"locality": [1.0, 1.0, 1.0, 1.0]}})
+    growth = pd.DataFrame({"record_id": ["0", "1", "2", "3"], "method": "m", "stored": 1000,
+                           "locality/distinct": [1.0, 0.5, np.nan, 1.0]})  # record 2 asks a stored question
+    comp = Comparison("C3", "locality/distinct", Side("m", "growth", 1000), Side("m", "single", 1), margin=0.02,
+                      metric_b="locality")
+    row = claim_table(per_record, growth, [comp], {"p": {}}, seed=0).iloc[0]
+    assert row["n"] == 3 and row["difference"] == pytest.approx(-0.5 / 3) and row["metric_b"] == "locality"
+    assert "locality/distinct vs locality" in claims_markdown(claim_table(per_record, growth, [comp], {"p": {}}))

@@ -11,6 +11,7 @@ the ``docs/`` page that ``PAGES`` names:
 - ``eval-table``: the small evaluation (``results/small/metrics/results.csv``);
 - ``growth-table``: memory growth of the committed editors (``results/small/metrics/growth.csv``);
 - ``ladder``: the retrieval ladder (``bench/results/retrieval_ladder.json``);
+- ``growth-leads``: the LM-level memory-growth leads (``studies/results/large_memory.json``);
 - ``working-bench``: the working editor's cost (``bench/results/working_memory.json``,
   ``inference_overhead.json``);
 - ``claims``: the paper's claims C1-C4 with intervals and verdicts, computed again from the
@@ -141,6 +142,13 @@ def ladder() -> str:
     return f"{ladder_table(data)}\n\n{changes_table(data)}"
 
 
+def growth_leads() -> str:
+    sys.path.insert(0, str(ROOT / "studies"))
+    from render_large_memory import RESULTS, growth_leads_table
+
+    return growth_leads_table(json.loads(RESULTS.read_text()))
+
+
 def headline() -> str:
     """The README's compact table: single and batch-100 efficacy / generality / locality."""
     results = pd.read_csv(SMALL / "results.csv")
@@ -200,10 +208,11 @@ def claims() -> str:
 
 # section -> the page it lives in (relative to the repository root)
 SECTIONS = {"suite": suite, "headline": headline, "train-table": train_table, "eval-table": eval_table,
-            "growth-table": growth_table, "ladder": ladder, "claims": claims, "working-bench": working_bench}
+            "growth-table": growth_table, "ladder": ladder, "claims": claims, "working-bench": working_bench,
+            "growth-leads": growth_leads}
 PAGES = {"suite": "README.md", "headline": "README.md", "train-table": "docs/training.md",
          "eval-table": "docs/evaluation.md", "growth-table": "docs/evaluation.md", "ladder": "docs/evaluation.md",
-         "claims": "README.md", "working-bench": "README.md"}
+         "claims": "README.md", "working-bench": "README.md", "growth-leads": "docs/evaluation.md"}
 
 
 def render_page(page: str, text: str) -> str:

@@ -156,7 +156,9 @@ def claims_markdown(claims: pd.DataFrame, scale: float = 100.0) -> str:
         first = group.iloc[0]
         where_a, where_b = first["where_a"], first["where_b"]
         compared = where_a if where_a == where_b else f"{where_a} vs {where_b}"
-        cells = [first["claim"], first["metric"] + (" (lower is better)" if first["better"] == "lower" else ""), compared]
+        metric = first["metric"] if first.get("metric_b", first["metric"]) == first["metric"] else \
+            f"{first['metric']} vs {first['metric_b']}"
+        cells = [first["claim"], metric + (" (lower is better)" if first["better"] == "lower" else ""), compared]
         for pair in pairs:
             row = group[group["pair"] == pair].iloc[0]
             name_a, name_b = row["method_a"], row["method_b"]
