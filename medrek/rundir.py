@@ -48,8 +48,8 @@ RUN_ENTRIES = frozenset({"notebooks", "metrics", "figures", "checkpoints", "tabl
 
 
 def check_run_root(root: Path) -> None:
-    """A run directory is absent, empty, or one the kit made (its ``.medrek-run`` marker); anything
-    else, the repository and its ``notebooks/`` included, is refused by name: the pipeline would
+    """A run directory is absent, empty, one the kit made (its ``.medrek-run`` marker) or a new one
+    that holds only papermill's executed notebook under ``notebooks/``; anything else, the repository and its ``notebooks/`` included, is refused by name: the pipeline would
     overwrite files there. A run directory made before the marker existed is marked once, on
     purpose: ``python -m medrek.rundir mark runs/<name>``. Run entries that are symlinks are
     refused too: the kit writes only inside its run directory."""
@@ -59,7 +59,7 @@ def check_run_root(root: Path) -> None:
         return
     entries = sorted(os.listdir(root))
     marker = root / MARKER
-    if entries and not (marker.is_file() and not marker.is_symlink()):
+    if entries and not (marker.is_file() and not marker.is_symlink()) and not _papermill_output_only(root, entries):
         unmarked_run = all(e in RUN_ENTRIES or (e.startswith("datasheet_") and e.endswith(".md")) for e in entries)
         hint = (f"if it is a run directory made by an older medrek-kit, mark it once with `python -m medrek.rundir "
                 f"mark {root}`" if unmarked_run else "choose a new or empty folder, e.g. runs/<name>")
@@ -70,6 +70,17 @@ def check_run_root(root: Path) -> None:
     if linked:
         raise NotARunDir(f"run_dir {root}: {linked[0]} is a symlink (to {os.readlink(root / linked[0])}); the kit "
                          "writes only inside its run directory, so nothing was written")
+
+
+def _papermill_output_only(root: Path, entries: list[str]) -> bool:
+    """A new run dir that holds nothing but ``notebooks/`` with executed notebooks in it: what
+    ``papermill NB <run_dir>/notebooks/NB.ipynb -p run_dir <run_dir>`` has written when the
+    notebook's first cell checks its run dir (the kit writes no notebook there itself)."""
+    if entries != ["notebooks"] or (root / "notebooks").is_symlink() or not (root / "notebooks").is_dir():
+        return False
+    inside = os.listdir(root / "notebooks")
+    return all(name.endswith(".ipynb") and (root / "notebooks" / name).is_file()
+               and not (root / "notebooks" / name).is_symlink() for name in inside)
 
 
 def mark(root: str | os.PathLike[str]) -> Path:

@@ -318,3 +318,15 @@ def test_run_dirs_resolve_dotdot_refuse_unmarked_folders_and_symlinked_entries(t
     (run.root / "tables").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(NotARunDir, match="tables is a symlink"):
         RunDir.create(run.root, lock=False)
+
+
+def test_a_new_run_dir_holding_only_papermills_output_notebook_is_accepted(tmp_path):
+    run = tmp_path / "try"
+    (run / "notebooks").mkdir(parents=True)
+    (run / "notebooks" / "03.ipynb").write_text("{}")  # papermill writes its output before the first cell runs
+    assert (RunDir.create(run, lock=False).root / ".medrek-run").exists()
+    other = tmp_path / "other"
+    (other / "notebooks").mkdir(parents=True)
+    (other / "notebooks" / "draft.docx").write_text("mine")
+    with pytest.raises(NotARunDir):
+        RunDir.create(other, lock=False)

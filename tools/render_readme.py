@@ -118,19 +118,27 @@ def eval_table() -> str:
 GROWTH_METHODS = ["medrek-lm-embedding", "ike", "medrek", "recipe"]
 
 
+GROWTH_COLUMNS = [("efficacy", "efficacy"), ("generality", "generality"), ("locality", "locality"),
+                  ("locality/distinct", "locality (distinct)"), ("locality/neighbour", "neighbour locality"),
+                  ("retrieved_prompt", "own edit fires (prompt)"), ("retrieved_rephrase", "own edit fires (rephrase)"),
+                  ("fired/locality", "unrelated question fires an edit"), ("fired/distinct", "distinct fires"),
+                  ("fired/neighbour", "neighbour fires"), ("changed_when_fired/distinct", "changed if misfired (distinct)"),
+                  ("changed_when_fired/neighbour", "changed if misfired (neighbour)")]
+
+
 def growth_table() -> str:
     path = SMALL / "growth.csv"
-    rows = ["| method | edits stored | efficacy | generality | locality | own edit fires (prompt) "
-            "| own edit fires (rephrase) | unrelated question fires an edit |", "|---|---:|---|---|---|---|---|---|"]
+    results = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["method", "metric"])
+    columns = [(m, name) for m, name in GROWTH_COLUMNS if m in set(results["metric"]) or m in
+               ("efficacy", "generality", "locality", "retrieved_prompt", "retrieved_rephrase", "fired/locality")]
+    rows = ["| method | edits stored | " + " | ".join(name for _, name in columns) + " |",
+            "|---|---:|" + "---|" * len(columns)]
     if not path.exists():
-        return "\n".join(rows + ["| (not measured yet) | | | | | | | |"])
-    results = pd.read_csv(path)
+        return "\n".join(rows + ["| (not measured yet) |" + " |" * (len(columns) + 1)])
     for method in [m for m in GROWTH_METHODS if m in set(results["method"])]:
         grid = results[results["method"] == method].pivot_table(index="eval_at", columns="metric", values="value")
         for stored, v in grid.iterrows():
-            rows.append(f"| {method} | {stored:,} | {fmt(v.get('efficacy'))} | {fmt(v.get('generality'))} "
-                        f"| {fmt(v.get('locality'))} | {fmt(v.get('retrieved_prompt'))} "
-                        f"| {fmt(v.get('retrieved_rephrase'))} | {fmt(v.get('fired/locality'))} |")
+            rows.append(f"| {method} | {stored:,} | " + " | ".join(fmt(v.get(m)) for m, _ in columns) + " |")
     return "\n".join(rows)
 
 
