@@ -31,12 +31,13 @@ def threshold(lead: dict) -> str:
 
 
 def ladder_table(data: dict) -> str:
-    head = ["lead", "stored", *[c[1] for c in COLUMNS], "gate (calibrated on valid)"]
+    head = ["lead", "stored", *[c[1] for c in COLUMNS], "neighbour questions", "gate (calibrated on valid)"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lead in data["leads"]:
         for k, row in enumerate(lead["rows"]):
             out.append("| " + " | ".join([lead["lead"] if k == 0 else "", f"{row['stored']:,}",
                                           *[fmt(row.get(c)) for c, _ in COLUMNS],
+                                          str(lead.get("neighbours", "-")) if k == 0 else "",
                                           threshold(lead) if k == 0 else ""]) + " |")
     return "\n".join(out)
 

@@ -352,7 +352,7 @@ def test_growth_scores_distinct_locality_and_neighbours_against_the_unedited_ans
     assert math.isnan(large["locality/distinct"].iloc[2]) and not math.isnan(small["locality/distinct"].iloc[2])
     r0 = small.iloc[0]
     assert r0["fired/neighbour"] == 1.0  # its edit fired on the neighbour question
-    assert r0["changed_when_fired/neighbour"] == float(r0["locality/neighbour"] < 1.0)
+    assert r0["changed_when_fired/neighbour"] == pytest.approx(1.0 - r0["locality/neighbour"])
     assert math.isnan(small.iloc[2]["locality/neighbour"])  # r2 has no neighbour question
     # the unedited LM is its own reference: nothing changes; the rows resume; other probes are refused
     plain = run_growth(UneditedMethod(model), records[:3], records, [3], reference, tmp_path / "u.csv", progress=False,

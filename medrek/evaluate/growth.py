@@ -23,9 +23,10 @@ features takes seconds; :func:`editor_retrieval_rates` runs the same measurement
 stored size, with ``duplicates`` it scores locality on *distinct* prompts only
 (``locality/distinct``, ``fired/distinct``), with ``neighbours`` it asks each evaluated edit's
 neighbour question and compares the answer with the unedited LM's (``locality/neighbour``,
-``fired/neighbour``), and for both it reports how often a wrongly fired edit changes the answer
-(``changed_when_fired/distinct``, ``changed_when_fired/neighbour``: the share of misfired rows
-whose answer differs from the unedited LM's in at least one position).
+``fired/neighbour``), and for both how much of the answer a wrongly fired edit changes
+(``changed_when_fired/distinct``, ``changed_when_fired/neighbour``: 1 - locality over the rows
+where an edit fired, the share of answer positions whose prediction differs from the unedited
+LM's; the mean is the answer-change rate given a misfire).
 """
 
 from __future__ import annotations
@@ -312,8 +313,9 @@ def _probe_signature(evaluated: Sequence[EditRecord], duplicates: Mapping[str, s
 
 
 def _changed_when_fired(locality: float, fired: float) -> float:
-    """1 if a fired edit changed the answer (locality below 1), 0 if not, NaN if nothing fired."""
-    return math.nan if not fired else float(locality < 1.0)
+    """How much of the answer a fired edit changed: 1 - locality, the share of the answer's
+    positions whose prediction differs from the unedited LM's (NaN if nothing fired)."""
+    return math.nan if not fired else 1.0 - float(locality)
 
 
 def _add_distinct(rows: list[dict], stored_ids: set[str], duplicates: Mapping[str, str]) -> None:
