@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
@@ -23,7 +24,8 @@ from torch import nn
 
 from .data.records import EditRecord, fold_question, unencodable_at
 from .config import check_fields, check_keys
-from .io import CheckpointError, atomic_path, file_sha256, read_checkpoint_meta, read_tensors, resolve_link, write_json
+from .io import (CheckpointError, check_replaceable, commit_staged, file_sha256, finish_staged, folder_lock,
+                 read_checkpoint_meta, read_tensors, resolve_link, staged_name, writable, write_json)
 from .memory import SCORES, EditMemory, Explanation, Lookup, MemoryConfig, Retrieval
 from .methods import edit_text, get_preset
 from .models.edited_lm import (CHAT_TEMPLATE_SETTINGS, EditedModel, PairBatch, RowPrompts, ScoreResult, batches,
@@ -152,6 +154,36 @@ def read_editor_config(folder: Path) -> tuple[dict[str, Any], EditorConfig]:
         return meta, EditorConfig(**config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{meta_path}: {exc}") from None
+
+
+EDITOR_NAMES = frozenset({"editor.json", "editor.safetensors", "memory"})
+
+
+def _check_editor_folder(folder: Path) -> None:
+    """Refuse a save whose target names are taken by something else (a folder named
+    ``editor.json``, a file named ``memory``)."""
+    for name in EDITOR_NAMES:
+        target = folder / name
+        if target.exists() and (target.is_dir() != (name == "memory")):
+            raise FileExistsError(f"{target}: is a {'folder' if target.is_dir() else 'file'}, where the editor's "
+                                  f"{name} would go; nothing was written")
+    check_replaceable(folder / "memory", {"memory.json", "memory.safetensors"})  # a user's files there stay
+
+
+def finish_interrupted_save(folder: Path) -> None:
+    """Before a load: finish an editor save that a kill interrupted after its commit, or clear the
+    parts of one killed before it. A read-only folder is never written: an interrupted save
+    there is reported instead."""
+    from .io import JOURNAL
+
+    if not writable(folder):
+        if (folder / JOURNAL).exists():
+            raise CheckpointError(f"{folder}: a save was interrupted after it committed and the folder is read-only, "
+                                  "so it cannot be finished; copy the folder somewhere writable and load it there")
+        return
+    if (folder / JOURNAL).exists() or any(folder.glob(".staged-*")):
+        with folder_lock(folder):
+            finish_staged(folder)
 
 
 def check_weights(folder: Path, meta: Mapping[str, Any]) -> Path:
@@ -429,22 +461,44 @@ class Editor(nn.Module):
     def save(self, folder: str | os.PathLike[str], with_memory: bool = False) -> Path:
         """``folder/editor.safetensors`` + ``folder/editor.json`` (config, sizes and the sha256
         of the weights file) and, if asked, the memory folder ``folder/memory`` tagged with
-        :meth:`fingerprint`."""
+        :meth:`fingerprint`, as one step: every part is written under a staged name first, then
+        a journal commits them (:func:`medrek.io.commit_staged`), so a kill or a full disk at any
+        point leaves the previous editor or the new one, memory included. Saves of one folder
+        from threads or processes wait for each other (an OS lock)."""
         folder = resolve_link(folder)
-        memory_sha256 = None
-        if with_memory:  # first: a memory that cannot be saved changes nothing
-            self.memory.owner = self.fingerprint()
-            self.memory.save(folder / "memory")
-            memory_sha256 = self.memory.content_sha256
+        if folder.is_symlink() and not folder.exists():
+            raise FileNotFoundError(f"{folder}: a symbolic link that leads nowhere (a loop, or a missing target); "
+                                    "nothing was written")
+        folder.mkdir(parents=True, exist_ok=True)
+        _check_editor_folder(folder)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
-        with atomic_path(folder / "editor.safetensors") as tmp:
-            save_file(tensors, str(tmp))
-            weights_sha256 = file_sha256(tmp)
-        write_json(folder / "editor.json", {"format": FORMAT, "config": asdict(self.config),
-                                            "lm_hidden": self.model.hidden_size,
-                                            "encoder_hidden": self.encoder.config.hidden_size,
-                                            "weights_sha256": weights_sha256,
-                                            "memory_sha256": memory_sha256})  # None: saved without its memory
+        with folder_lock(folder):
+            finish_staged(folder)  # a save a kill interrupted: finished or cleared first
+            tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            moves: dict[str, str] = {}
+            memory_sha256 = None
+            try:
+                if with_memory:  # first: a memory that cannot be saved changes nothing
+                    self.memory.owner, self.memory.lm_identity = self.fingerprint(), self.model.identity()
+                    moves["memory"] = staged_name(tag, "memory")
+                    self.memory.save(folder / moves["memory"], lock=False)
+                    memory_sha256 = self.memory.content_sha256
+                moves["editor.safetensors"] = staged_name(tag, "editor.safetensors")
+                save_file(tensors, str(folder / moves["editor.safetensors"]))
+                weights_sha256 = file_sha256(folder / moves["editor.safetensors"])
+                moves["editor.json"] = staged_name(tag, "editor.json")
+                write_json(folder / moves["editor.json"], {
+                    "format": FORMAT, "config": asdict(self.config), "lm_hidden": self.model.hidden_size,
+                    "encoder_hidden": self.encoder.config.hidden_size, "lm_identity": self.model.identity(),
+                    "weights_sha256": weights_sha256,
+                    "memory_sha256": memory_sha256})  # None: saved without its memory
+            except BaseException as exc:
+                finish_staged(folder)  # no journal yet: the staged parts go, the previous editor stays
+                if isinstance(exc, OSError) and exc.filename is None:
+                    raise OSError(exc.errno, f"{folder}: the editor could not be saved ({exc.strerror or exc}); "
+                                  "the previous version, if any, is untouched") from exc
+                raise
+            commit_staged(folder, moves)
         return folder
 
     def load_weights(self, tensors: Mapping[str, torch.Tensor], source: str) -> None:
@@ -474,12 +528,18 @@ class Editor(nn.Module):
         """Rebuild an editor from ``save``; the LM may be passed in to avoid reloading it."""
         folder = Path(folder)
         meta_path = folder / "editor.json"
+        if folder.is_dir():
+            finish_interrupted_save(folder)
         meta, config = read_editor_config(folder)
         weights = check_weights(folder, meta)
         editor = cls.build(config, device=device, lm=lm, **overrides)
         if editor.model.hidden_size != meta["lm_hidden"]:
             raise CheckpointError(f"{meta_path}: trained for an LM of hidden size {meta['lm_hidden']}, "
                                   f"got {editor.model.hidden_size}")
+        if meta.get("lm_identity") and meta["lm_identity"] != editor.model.identity():  # editors saved before: none
+            raise CheckpointError(f"{meta_path}: saved over another LM than the one given (LM identity "
+                                  f"{meta['lm_identity'][:12]} vs {editor.model.identity()[:12]}: same name and size, "
+                                  "other config or weights); load it with the LM it was trained with")
         tensors = read_tensors(weights)
         editor.load_weights(tensors, str(weights))
         if with_memory:
@@ -500,6 +560,9 @@ class Editor(nn.Module):
             details = ", ".join(f"{k}: memory {a!r} vs editor {b!r}" for k, (a, b) in sorted(diff.items()))
             raise CheckpointError(f"{source}: memory saved with other settings than this editor's ({details})")
         own_fingerprint = self.fingerprint()
+        if memory.lm_identity is not None and memory.lm_identity != self.model.identity():
+            raise CheckpointError(f"{source}: memory was made over another LM (identity {memory.lm_identity[:12]} vs "
+                                  f"{self.model.identity()[:12]}); its prompts were built for that LM")
         if memory.owner != own_fingerprint:
             raise CheckpointError(f"{source}: memory was made by another editor (fingerprint {str(memory.owner)[:12]} "
                                   f"vs this editor's {own_fingerprint[:12]}); its keys and prompts do not fit")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["CheckpointError", "FolderInUseError", "atomic_folder", "resolve_link", "atomic_path", "file_sha256", "read_checkpoint_meta", "read_json",
-           "read_tensors", "recover_folder", "write_bytes", "write_csv", "write_text", "write_json", "read_rows"]
+           "read_tensors", "recover_folder", "write_bytes", "write_csv", "write_text", "write_json", "read_rows",
+           "folder_lock", "staged_name", "check_replaceable", "commit_staged", "finish_staged", "writable"]
 
 
 @contextmanager
@@ -65,6 +66,12 @@ def recover_folder(path: str | os.PathLike[str]) -> Path:
     """
     path = resolve_link(path)
     old = _old_folder(path)
+    if (old.exists() or old.is_symlink()) and not writable(path.parent):  # a load never writes
+        if path.exists():
+            return path  # the stale copy cannot be removed here, and the folder itself is whole
+        raise OSError(f"{path}: a save was interrupted after moving the previous version to {old.name}, and "
+                      f"{path.parent} is read-only, so it cannot be moved back; copy the folder somewhere writable "
+                      "and load it there")
     if old.is_symlink():  # left by an older kit that swapped the link itself: the link goes, never its target
         old.unlink()
     elif old.exists():
@@ -72,7 +79,7 @@ def recover_folder(path: str | os.PathLike[str]) -> Path:
             shutil.rmtree(old)
         else:
             os.replace(old, path)
-    if path.parent.exists():
+    if path.parent.exists() and writable(path.parent):
         for stale in path.parent.glob(f".{path.name}.*.tmp"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -90,7 +97,7 @@ def resolve_link(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
-def _check_replaceable(path: Path, writing: set[str]) -> None:
+def check_replaceable(path: Path, writing: set[str]) -> None:
     """``path`` may be replaced only if it is absent, empty, or holds nothing but names this
     save writes (what the kit wrote there before): a user's files are never deleted."""
     if not path.exists():
@@ -120,7 +127,7 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         with _naming(path):
             yield tmp
-        _check_replaceable(path, set(os.listdir(tmp)))
+        check_replaceable(path, set(os.listdir(tmp)))
         old = _old_folder(path)
         if path.exists():
             os.replace(path, old)
@@ -166,6 +173,77 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 def write_csv(path: str | os.PathLike[str], frame: Any, index: bool = False) -> Path:
     """Write a pandas DataFrame as CSV, atomically."""
     return write_text(path, frame.to_csv(index=index, lineterminator="\n"))
+
+
+# ---- saves of several files that land together --------------------------------------------
+# A save writes each new file (or folder) under a staged name, then writes a journal naming the
+# moves: the journal is the commit point. The moves are then made and the journal removed. A kill
+# before the journal leaves the previous version whole (the staged parts are removed by the next
+# save or load); a kill after it is rolled forward by :func:`finish_staged`. Saves and recoveries
+# of one folder are serialised by an OS lock (filelock, as Hugging Face uses), across threads and
+# processes, so a recovery never touches another live writer's staged parts.
+JOURNAL = ".save-journal.json"
+LOCK_NAME = ".save.lock"
+_STAGED = ".staged-"  # staged names: .staged-<tag>-<final name>
+
+
+def writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike[str], name: str = LOCK_NAME, timeout: float = 600.0) -> Iterator[None]:
+    """Hold ``folder/<name>`` (an OS file lock: threads and processes wait their turn)."""
+    from filelock import FileLock, Timeout
+
+    path = Path(folder) / name
+    try:
+        with FileLock(str(path), timeout=timeout):
+            yield
+    except Timeout:
+        raise TimeoutError(f"{path}: another save of this folder has held its lock for {timeout:.0f} s") from None
+
+
+def staged_name(tag: str, name: str) -> str:
+    return f"{_STAGED}{tag}-{name}"
+
+
+def commit_staged(folder: Path, moves: dict[str, str]) -> None:
+    """Write the journal (``{final name: staged name}``, in the order to move them) and make the
+    moves. The caller holds :func:`folder_lock` and has written every staged part."""
+    write_json(folder / JOURNAL, {"moves": [[final, staged] for final, staged in moves.items()]})
+    finish_staged(folder)
+
+
+def finish_staged(folder: Path) -> bool:
+    """Finish a save a kill interrupted (roll its journal forward) and remove staged parts of a
+    save killed before its journal. Call under :func:`folder_lock`. Returns whether anything was
+    found to do."""
+    journal = folder / JOURNAL
+    found = False
+    if journal.exists():
+        found = True
+        for final, staged in read_json(journal)["moves"]:
+            src, dst = folder / staged, folder / final
+            if not (src.exists() or src.is_symlink()):
+                continue  # moved before the kill
+            if src.is_dir() and dst.exists():  # a folder: the old one out of the way first
+                old = _old_folder(dst)
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(dst, old)
+                os.replace(src, dst)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(src, dst)
+        journal.unlink()
+    for stale in folder.glob(f"{_STAGED}*"):
+        found = True
+        shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+    for stale in folder.glob(f".{_STAGED}*.tmp"):  # the temporary folder of a staged memory's own save
+        found = True
+        shutil.rmtree(stale, ignore_errors=True)
+    return found
 
 
 def read_rows(path: str | os.PathLike[str]):

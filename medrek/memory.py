@@ -36,7 +36,7 @@ import math
 import os
 import threading
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -49,7 +49,8 @@ import torch
 from safetensors.torch import save_file
 
 from .data.records import fold_question
-from .io import CheckpointError, atomic_folder, file_sha256, read_checkpoint_meta, read_tensors, recover_folder, write_text
+from .io import (CheckpointError, atomic_folder, file_sha256, folder_lock, read_checkpoint_meta, read_tensors,
+                 recover_folder, write_text)
 
 __all__ = ["MemoryConfig", "Retrieval", "Lookup", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS",
            "SCORES", "PROMPT_STORES", "TokenRows", "build_index", "search", "fold_question"]
@@ -306,6 +307,7 @@ class EditMemory:
         self._index = self._new_index()
         self._lock = threading.RLock()  # around every mutation and every lookup
         self.owner: str | None = None  # fingerprint of the editor whose encoders made the keys and prompts
+        self.lm_identity: str | None = None  # identity of the LM it was saved over (EditedModel.identity)
         self.content_sha256: str | None = None  # of the memory.json last loaded or saved (None: neither)
         self.verify = verify  # the second look of verify_k > 0 (not saved: it belongs to the editor)
         self.build_prompts = build_prompts  # token ids -> prompts, for prompt_store "token_ids" (the editor's)
@@ -621,7 +623,7 @@ class EditMemory:
         return f"nothing fired: the top-1 is {name}, but its " + "; and its ".join(why for _, _, why in self._failed_gates(r))
 
     # ---- persistence ---------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], lock: bool = True) -> Path:
         """Write the folder ``path``: ``memory.json`` (config, ids, requests, owner and the sha256
         of ``memory.safetensors``) and ``memory.safetensors`` (keys, prompts or token ids and
         offsets, prototype). Both
@@ -636,12 +638,20 @@ class EditMemory:
                 tensors["prompts"] = self.prompts.contiguous()
             meta = {"format": FORMAT, "config": asdict(self.config), "ids": list(self.ids),
                     "requests": [dict(r) for r in self.requests], "owner": self.owner}
+            if self.lm_identity is not None:  # absent otherwise: memories saved before it keep their checksum
+                meta["lm_identity"] = self.lm_identity
         try:
             json.dumps(meta, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: a stored request cannot be saved as JSON ({exc}); nothing was written") from None
-        with atomic_folder(path) as tmp:
-            save_file(tensors, str(tmp / "memory.safetensors"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        guard = folder_lock(path.parent, f".{path.name}.lock") if lock else nullcontext()
+        with guard, atomic_folder(path) as tmp:
+            try:
+                save_file(tensors, str(tmp / "memory.safetensors"))
+            except Exception as exc:  # safetensors names no path (a full disk, a read-only folder)
+                raise OSError(f"{path}: the memory could not be written ({exc}); the previous version, if any, "
+                              "is untouched") from exc
             meta["tensors_sha256"] = file_sha256(tmp / "memory.safetensors")
             meta["content_sha256"] = content_sha256(meta)
             write_text(tmp / "memory.json", json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
@@ -692,6 +702,7 @@ class EditMemory:
         else:
             memory.prompts = tensors["prompts"]
         memory.owner = meta.get("owner")
+        memory.lm_identity = meta.get("lm_identity")
         memory.content_sha256 = meta.get("content_sha256")
         memory._rebuild()
         return memory

@@ -39,7 +39,7 @@ def test_saving_a_memory_into_a_users_folder_is_refused_and_deletes_nothing(tmp_
     with pytest.raises(FolderInUseError, match=r"thesis: holds files this save does not write \(sub, thesis.tex\)"):
         small_memory().save(folder)
     assert (folder / "thesis.tex").read_text() == "chapter 1" and (folder / "sub" / "data.csv").exists()
-    assert sorted(os.listdir(tmp_path)) == ["thesis"]  # no temporary folder left behind
+    assert [e for e in sorted(os.listdir(tmp_path)) if not e.endswith(".lock")] == ["thesis"]  # no temporary folder left
     small_memory().save(tmp_path / "mem")  # a new folder, then the kit's own folder again: fine
     small_memory(2).save(tmp_path / "mem")
     assert len(EditMemory.load(tmp_path / "mem")) == 2
@@ -330,3 +330,122 @@ def test_a_new_run_dir_holding_only_papermills_output_notebook_is_accepted(tmp_p
     (other / "notebooks" / "draft.docx").write_text("mine")
     with pytest.raises(NotARunDir):
         RunDir.create(other, lock=False)
+
+
+def _two_versions(make_editor):
+    editor = make_editor("medrek-lm-embedding", n_tokens=12)
+    editor.edit(REQUESTS[:1])
+    versions = [list(editor.memory.ids)]
+    editor.edit(REQUESTS[1:])
+    versions.append(list(editor.memory.ids))
+    return editor, versions
+
+
+def test_a_kill_at_any_point_of_an_editor_save_leaves_the_old_or_the_new_editor(make_editor, tiny_lm, tmp_path):
+    import random
+    import signal
+    import time
+
+    editor, versions = _two_versions(make_editor)
+    folder = tmp_path / "e"
+    editor.memory.remove(versions[1][len(versions[0]):])  # version 0 on disk first
+    editor.save(folder, with_memory=True)
+    editor.edit(REQUESTS[1:])  # then version 1 in memory: each child saves it
+    torch.set_num_threads(1)
+    rng = random.Random(0)
+    seen = set()
+    for kill in range(20):
+        pid = os.fork()
+        if pid == 0:  # the child saves over and over until it is killed
+            try:
+                while True:
+                    editor.save(folder, with_memory=True)
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0.0, 0.05))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        loaded = Editor.load(folder, lm=tiny_lm, with_memory=True)  # finishes or clears what the kill left
+        assert loaded.memory.ids in versions
+        seen.add(len(loaded.memory.ids))
+        assert not list(folder.glob(".staged-*")) and not (folder / ".save-journal.json").exists()
+    assert Editor.load(folder, lm=tiny_lm, with_memory=True).fingerprint() == editor.fingerprint()
+
+
+def test_a_failure_at_any_write_of_an_editor_save_leaves_the_previous_editor(make_editor, tiny_lm, tmp_path, monkeypatch):
+    import medrek.editor as editor_module
+
+    editor, versions = _two_versions(make_editor)
+    folder = tmp_path / "e"
+    editor.save(folder, with_memory=True)
+    editor.edit([{"id": "late", "prompt": "Which organ makes bile?", "target_new": "the spleen"}])
+    for target, name in ((editor_module, "save_file"), (editor_module, "write_json")):
+        def disk_full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(target, name, disk_full)
+        with pytest.raises(OSError, match="No space left|could not be saved"):
+            editor.save(folder, with_memory=True)
+        monkeypatch.undo()
+        loaded = Editor.load(folder, lm=tiny_lm, with_memory=True)
+        assert loaded.memory.ids == versions[1]  # the previous save, whole
+        assert not list(folder.glob(".staged-*"))
+
+
+def test_saves_of_one_folder_from_threads_wait_for_each_other(make_editor, tiny_lm, tmp_path):
+    import threading
+
+    editor, versions = _two_versions(make_editor)
+    errors = []
+
+    def save_many():
+        try:
+            for _ in range(5):
+                editor.save(tmp_path / "e", with_memory=True)
+        except Exception as exc:  # noqa: BLE001 (the test reports every failure)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert Editor.load(tmp_path / "e", lm=tiny_lm, with_memory=True).memory.ids == versions[1]
+
+
+def test_an_editor_or_memory_saved_over_another_lm_of_the_same_size_is_refused(make_editor, tiny_lm, tmp_path):
+    from medrek.models.registry import load_causal_lm
+
+    editor, _ = _two_versions(make_editor)
+    editor.save(tmp_path / "e", with_memory=True)
+    other = load_causal_lm("tiny-llama", seed=7)  # same name and hidden size, other weights
+    with pytest.raises(CheckpointError, match="another LM"):
+        Editor.load(tmp_path / "e", lm=other, with_memory=True)
+    assert Editor.load(tmp_path / "e", lm=tiny_lm, with_memory=True).memory.ids == editor.memory.ids
+
+
+def test_a_load_from_a_read_only_folder_never_writes(make_editor, tiny_lm, tmp_path, monkeypatch):
+    import medrek.editor as editor_module
+    import medrek.io as io_module
+
+    editor, versions = _two_versions(make_editor)
+    folder = tmp_path / "e"
+    editor.save(folder, with_memory=True)
+    (folder / ".memory.old").mkdir()  # what an older kit's interrupted memory swap could leave
+    (folder / ".staged-1-x-editor.json").write_text("{}")  # and a save killed before its commit
+    before = sorted(p.name for p in folder.iterdir())
+    for module in (editor_module, io_module):  # a read-only mount (root can write anywhere, so it is simulated)
+        monkeypatch.setattr(module, "writable", lambda path: False)
+    loaded = Editor.load(folder, lm=tiny_lm, with_memory=True)
+    assert loaded.memory.ids == versions[1] and sorted(p.name for p in folder.iterdir()) == before  # nothing written
+    (folder / ".save-journal.json").write_text('{"moves": []}')  # a save that committed but did not finish
+    with pytest.raises(CheckpointError, match="read-only.*copy the folder"):
+        Editor.load(folder, lm=tiny_lm, with_memory=True)
+
+
+def test_a_symlink_loop_as_save_folder_is_named(make_editor, tmp_path):
+    editor, _ = _two_versions(make_editor)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(FileNotFoundError, match="loop.*leads nowhere"):
+        editor.save(loop)

@@ -14,6 +14,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -171,6 +174,23 @@ class EditedModel(nn.Module):
     @property
     def hidden_size(self) -> int:
         return int(self.lm.get_input_embeddings().embedding_dim)
+
+    @torch.no_grad()
+    def identity(self) -> str:
+        """sha256 of the LM's architecture config and a sample of its weights (every 997th value
+        of the input embeddings and of the last layer's parameters): two LMs with the same name
+        and hidden size but other weights differ here. Computed once per model."""
+        cached = getattr(self, "_identity", None)
+        if cached is not None:
+            return cached
+        config = {k: v for k, v in sorted(self.lm.config.to_dict().items())
+                  if isinstance(v, (int, float, str, bool)) and not k.startswith("_") and k not in ("dtype", "torch_dtype")}
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8"))
+        params = list(self.lm.parameters())
+        for tensor in (self.lm.get_input_embeddings().weight, params[-1]):
+            digest.update(tensor.detach().float().cpu().flatten()[::997].numpy().tobytes())
+        self._identity = digest.hexdigest()
+        return self._identity
 
     @property
     def device(self) -> torch.device:
