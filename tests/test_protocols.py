@@ -295,3 +295,15 @@ def test_unedited_locality_is_the_reference_not_a_second_forward(tmp_path, tiny_
     rows = run_protocol(Counting(model), recs, Protocol("single"), reference, tmp_path / "u.csv", progress=False)
     assert Counting.scored == 2 * len(recs)  # prompts and rephrases only
     assert (rows["locality"] == 1.0).all()
+
+
+def test_ids_pandas_would_read_as_missing_resume_as_themselves(tmp_path, tiny_lm, make_editor):
+    import dataclasses
+
+    recs = [dataclasses.replace(r, record_id=i) for r, i in zip(records(), ["NA", "null", "nan", "N/A", "7", "8"])]
+    reference = unedited_locality_predictions(EditedModel(*tiny_lm), recs)
+    path = tmp_path / "m.csv"
+    first = run_protocol(RetrievalMethod(make_editor()), recs, Protocol("single"), reference, path, progress=False)
+    again = run_protocol(RetrievalMethod(make_editor()), recs, Protocol("single"), reference, path, progress=False)
+    assert len(first) == len(again) == len(recs)  # nothing rescored, no blank ids
+    assert sorted(again["record_id"]) == sorted(r.record_id for r in recs)
