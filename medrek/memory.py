@@ -50,7 +50,7 @@ from safetensors.torch import save_file
 
 from .data.records import fold_question
 from .io import (CheckpointError, atomic_folder, file_sha256, folder_lock, read_checkpoint_meta, read_tensors,
-                 recover_folder, write_text)
+                 recover_folder, writable, write_text)
 
 __all__ = ["MemoryConfig", "Retrieval", "Lookup", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS",
            "SCORES", "PROMPT_STORES", "TokenRows", "build_index", "search", "fold_question"]
@@ -663,7 +663,10 @@ class EditMemory:
              n_tokens: int | None = None, lm_hidden: int | None = None) -> "EditMemory":
         """Load a saved memory folder; its tensors must match the checksum in its JSON, and
         optional expected sizes are checked against the file."""
-        path = recover_folder(path)  # a save interrupted between its renames
+        path = Path(path)
+        lock = folder_lock(path.parent, f".{path.name}.lock") if writable(path.parent) else nullcontext()
+        with lock:  # a save of this memory running in another thread or process keeps its temporary folder
+            path = recover_folder(path)  # a save interrupted between its renames
         meta_path, tensor_path = path / "memory.json", path / "memory.safetensors"
         if not path.is_dir() and path.with_suffix(".json").exists():
             raise CheckpointError(f"{path.with_suffix('.json')}: an edit memory saved by an older medrek-kit (two loose "
