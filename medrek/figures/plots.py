@@ -18,7 +18,7 @@ from ..io import atomic_path
 
 __all__ = ["style", "save_figure", "plot_subject_distribution", "plot_length_distributions",
            "plot_training_curves", "plot_validation_curves", "METHOD_COLORS", "method_color",
-           "plot_method_metrics", "plot_metric_vs_batch", "plot_metric_vs_edits", "plot_metric_vs_stored", "single_valued",
+           "plot_method_metrics", "plot_metric_vs_batch", "plot_metric_vs_edits", "plot_metric_vs_stored", "growth_metrics", "single_valued",
            "plot_representation_overlap", "plot_margin_histograms", "plot_subject_heatmap", "bootstrap_ci",
            "describe", "LOSS_NAMES", "METRIC_LABELS"]
 
@@ -51,6 +51,10 @@ METRIC_LABELS = {
     "fired/locality": "unrelated question fires an edit",
     "retrieved_prompt": "own edit fires (prompt)",
     "retrieved_rephrase": "own edit fires (paraphrase)",
+    "locality/distinct": "locality, prompts asking no stored question",
+    "locality/neighbour": "locality, the kit's neighbour questions",
+    "fired/distinct": "distinct unrelated question fires an edit",
+    "fired/neighbour": "neighbour question fires an edit",
 }
 METHOD_ORDER = list(METHOD_COLORS)
 
@@ -278,6 +282,17 @@ def plot_metric_vs_edits(results: pd.DataFrame, metrics: Sequence[str]) -> plt.F
         raise ValueError(f"plot_metric_vs_edits takes sequential results only, got protocol(s) {sorted(bad)}")
     return _metric_lines(results, metrics, "eval_at", "accumulated edits (log scale)",
                          ["dataset", "method", "metric", "eval_at"], "plot_metric_vs_edits")
+
+
+GROWTH_METRICS = ("efficacy", "generality", "locality/distinct", "locality/neighbour", "fired/distinct", "fired/neighbour")
+GROWTH_METRICS_PLAIN = ("efficacy", "generality", "locality", "fired/locality")  # growth results without the kit's probes
+
+
+def growth_metrics(results: pd.DataFrame) -> list[str]:
+    """The metrics a memory-growth figure shows: locality and misfires on distinct prompts and
+    on the kit's neighbour questions where the results have them, else on all locality prompts."""
+    have = set(results["metric"])
+    return [m for m in GROWTH_METRICS if m in have] if "locality/neighbour" in have else list(GROWTH_METRICS_PLAIN)
 
 
 def plot_metric_vs_stored(results: pd.DataFrame, metrics: Sequence[str], per_record: pd.DataFrame | None = None,
