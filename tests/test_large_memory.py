@@ -386,3 +386,16 @@ def test_growth_resume_refuses_changed_padding_text_and_returns_only_the_sizes_a
     changed = records[:5] + [dataclasses.replace(records[5], prompt="Another text, the same id?")] + records[6:]
     with pytest.raises(ResumeError, match="padding"):
         run_growth(method, records[:3], changed, [3, 7], reference, path, progress=False)
+
+
+def test_growth_figures_show_the_kits_probes_when_measured():
+    import pandas as pd
+    from medrek.figures import plots
+
+    plain = pd.DataFrame({"metric": ["efficacy", "generality", "locality", "fired/locality"]})
+    assert plots.growth_metrics(plain) == ["efficacy", "generality", "locality", "fired/locality"]
+    probed = pd.DataFrame({"metric": ["efficacy", "generality", "locality", "locality/distinct", "locality/neighbour",
+                                      "fired/distinct", "fired/neighbour"]})
+    assert plots.growth_metrics(probed) == ["efficacy", "generality", "locality/distinct", "locality/neighbour",
+                                            "fired/distinct", "fired/neighbour"]
+    assert all(m in plots.METRIC_LABELS for m in plots.growth_metrics(probed))
