@@ -449,3 +449,15 @@ def test_a_symlink_loop_as_save_folder_is_named(make_editor, tmp_path):
     loop.symlink_to(loop)
     with pytest.raises(FileNotFoundError, match="loop.*leads nowhere"):
         editor.save(loop)
+
+
+def test_a_truncated_results_table_is_named_not_read_as_nan(tmp_path):
+    from medrek.evaluate import read_results
+    from medrek.evaluate.results import IncompleteResults
+
+    run, _ = _results_copy(tmp_path)
+    table = run / "metrics" / "results.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:-1] + [lines[-1][: len(lines[-1]) // 3]]) + "\n")  # a write cut short
+    with pytest.raises(IncompleteResults, match=r"results\.csv: row \d+ is not whole"):
+        read_results([run])

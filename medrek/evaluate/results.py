@@ -28,7 +28,15 @@ def _check(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{source}: results table lacks column(s) {missing}")
-    return frame[RESULT_COLUMNS]
+    frame = frame[RESULT_COLUMNS].copy()
+    values = pd.to_numeric(frame["value"], errors="coerce")
+    bad = values.isna() | frame[["method", "metric", "n"]].isna().any(axis=1)
+    if bad.any():  # a truncated or hand-edited file is named with its row, never read as NaN
+        k = int(bad.idxmax())
+        raise IncompleteResults(f"{source}: row {k + 2} is not whole (value {frame['value'][k]!r}, metric "
+                                f"{frame['metric'][k]!r}): a truncated or edited results table")
+    frame["value"] = values
+    return frame
 
 
 def upsert_results(path: str | os.PathLike[str], rows: pd.DataFrame) -> pd.DataFrame:
