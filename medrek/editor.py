@@ -485,6 +485,7 @@ class Editor(nn.Module):
                     memory_sha256 = self.memory.content_sha256
                 moves["editor.safetensors"] = staged_name(tag, "editor.safetensors")
                 save_file(tensors, str(folder / moves["editor.safetensors"]))
+                os.chmod(folder / moves["editor.safetensors"], 0o644)  # an ordinary readable file, as before
                 weights_sha256 = file_sha256(folder / moves["editor.safetensors"])
                 moves["editor.json"] = staged_name(tag, "editor.json")
                 write_json(folder / moves["editor.json"], {
