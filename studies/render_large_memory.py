@@ -14,21 +14,44 @@ RESULTS = Path(__file__).resolve().parent / "results" / "large_memory.json"
 COLUMNS = [("efficacy", "efficacy"), ("generality", "generality"), ("locality", "locality (all)"),
            ("locality/distinct", "locality (distinct)"), ("locality/neighbour", "neighbour locality"),
            ("retrieved_rephrase", "paraphrase fires own"), ("fired/distinct", "distinct fire"),
-           ("fired/neighbour", "neighbours fire"), ("changed_when_fired/distinct", "changed | misfire (distinct)"),
-           ("changed_when_fired/neighbour", "changed | misfire (neighbours)")]
+           ("fired/neighbour", "neighbours fire"), ("changed_when_fired/distinct", "changed if misfired (distinct)"),
+           ("changed_when_fired/neighbour", "changed if misfired (neighbours)")]
 
 
 def fmt(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+SMALL_GROWTH = Path(__file__).resolve().parents[1] / "results" / "small" / "metrics" / "growth.csv"
+COMMITTED = {"medrek-lm-embedding": "committed (results/small)", "ike": "IKE, its retriever (results/small)"}
+
+
+def _committed_rows(sizes: set[int]) -> dict[str, dict]:
+    """The committed editor's and IKE's growth means from results/small, at the leads' sizes."""
+    import pandas as pd
+
+    if not SMALL_GROWTH.exists():
+        return {}
+    growth = pd.read_csv(SMALL_GROWTH)
+    out = {}
+    for method, name in COMMITTED.items():
+        part = growth[(growth["method"] == method) & (growth["eval_at"].isin(sizes))]
+        if len(part):
+            out[name] = {"sizes": {str(s): {**dict(zip(g["metric"], g["value"])),
+                                            **{f"n/{m}": n for m, n in zip(g["metric"], g["n"])}}
+                                   for s, g in part.groupby("eval_at")}}
+    return out
+
+
 def growth_leads_table(data: dict) -> str:
     head = ["lead", "stored", *[c[1] for c in COLUMNS]]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, lead in data["leads"].items():
+    sizes = {int(s) for lead in data["leads"].values() for s in lead["sizes"]}
+    for name, lead in {**_committed_rows(sizes), **data["leads"]}.items():
         for k, (size, row) in enumerate(sorted(lead["sizes"].items(), key=lambda kv: int(kv[0]))):
-            out.append("| " + " | ".join([name if k == 0 else "", f"{int(size):,}",
-                                          *[fmt(row.get(c)) for c, _ in COLUMNS]]) + " |")
+            cells = [fmt(row.get(c)) + (f" (n={int(row[f'n/{c}'])})" if c.startswith("changed") and f"n/{c}" in row
+                                        else "") for c, _ in COLUMNS]
+            out.append("| " + " | ".join([name if k == 0 else "", f"{int(size):,}", *cells]) + " |")
     return "\n".join(out)
 
 
