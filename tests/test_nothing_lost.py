@@ -434,7 +434,9 @@ def test_a_load_from_a_read_only_folder_never_writes(make_editor, tiny_lm, tmp_p
     (folder / ".memory.old").mkdir()  # what an older kit's interrupted memory swap could leave
     (folder / ".staged-1-x-editor.json").write_text("{}")  # and a save killed before its commit
     before = sorted(p.name for p in folder.iterdir())
-    for module in (editor_module, io_module):  # a read-only mount (root can write anywhere, so it is simulated)
+    import medrek.memory as memory_module
+
+    for module in (editor_module, io_module, memory_module):  # a read-only mount (root can write anywhere: simulated)
         monkeypatch.setattr(module, "writable", lambda path: False)
     loaded = Editor.load(folder, lm=tiny_lm, with_memory=True)
     assert loaded.memory.ids == versions[1] and sorted(p.name for p in folder.iterdir()) == before  # nothing written

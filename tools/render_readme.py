@@ -172,6 +172,31 @@ def headline() -> str:
                 values.append(fmt(hit["value"].iloc[-1]) if len(hit) else "-")
             cells.append(" / ".join(values))
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + growth_headline()
+
+
+def growth_headline() -> str:
+    """The headline's second table, what a user meets as edits pile up: each growth method with
+    1,000 and 6,000 edits stored, locality on MedVersa's prompts, on distinct ones and on the kit's
+    neighbour questions (empty when the growth results lack them)."""
+    path = SMALL / "growth.csv"
+    if not path.exists():
+        return ""
+    results = pd.read_csv(path)
+    if "locality/neighbour" not in set(results["metric"]):
+        return ""
+    metrics = [("efficacy", "efficacy"), ("generality", "generality"), ("locality", "locality"),
+               ("locality/distinct", "locality, distinct prompts"), ("locality/neighbour", "locality, neighbour questions"),
+               ("fired/neighbour", "neighbours that fire an edit")]
+    rows = ["", "", "With edits piling up (the same 200 requests, more released edits stored; "
+            "[memory growth](docs/evaluation.md#memory-growth-does-retrieval-hold-with-thousands-of-edits)):", "",
+            "| method | stored | " + " | ".join(name for _, name in metrics) + " |", "|---|---:|" + "---|" * len(metrics)]
+    for method in [m for m in GROWTH_METHODS if m in set(results["method"])]:
+        grid = results[results["method"] == method].pivot_table(index="eval_at", columns="metric", values="value")
+        for stored in (1000, 6000):
+            if stored in grid.index:
+                v = grid.loc[stored]
+                rows.append(f"| {method} | {stored:,} | " + " | ".join(fmt(v.get(m)) for m, _ in metrics) + " |")
     return "\n".join(rows)
 
 
