@@ -159,15 +159,16 @@ def read_editor_config(folder: Path) -> tuple[dict[str, Any], EditorConfig]:
 EDITOR_NAMES = frozenset({"editor.json", "editor.safetensors", "memory"})
 
 
-def _check_editor_folder(folder: Path) -> None:
+def _check_editor_folder(folder: Path, with_memory: bool) -> None:
     """Refuse a save whose target names are taken by something else (a folder named
-    ``editor.json``, a file named ``memory``)."""
+    ``editor.json``, a file named ``memory``, a memory folder holding a user's files)."""
     for name in EDITOR_NAMES:
         target = folder / name
         if target.exists() and (target.is_dir() != (name == "memory")):
             raise FileExistsError(f"{target}: is a {'folder' if target.is_dir() else 'file'}, where the editor's "
                                   f"{name} would go; nothing was written")
-    check_replaceable(folder / "memory", {"memory.json", "memory.safetensors"})  # a user's files there stay
+    if with_memory:
+        check_replaceable(folder / "memory", {"memory.json", "memory.safetensors"})  # a user's files there stay
 
 
 def finish_interrupted_save(folder: Path) -> None:
@@ -470,7 +471,7 @@ class Editor(nn.Module):
             raise FileNotFoundError(f"{folder}: a symbolic link that leads nowhere (a loop, or a missing target); "
                                     "nothing was written")
         folder.mkdir(parents=True, exist_ok=True)
-        _check_editor_folder(folder)
+        _check_editor_folder(folder, with_memory)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
         with folder_lock(folder):
             finish_staged(folder)  # a save a kill interrupted: finished or cleared first
