@@ -59,3 +59,16 @@ def test_smoke_run_matches_the_reference():
         for k, (w, g) in enumerate(zip(want[name], got[name])):
             assert same(w, g), (f"{name}, checked cell {k}: output differs from tests/fixtures/smoke_reference.json "
                                 f"(regenerate with `make smoke-reference` if on purpose)\n--- reference\n{w}\n--- got\n{g}")
+
+
+def test_smoke_run_saves_no_progress_bars():
+    """Bars render live while the pipeline runs; the executed copies leave them out."""
+    from medrek.progress_bars import has_progress_bar
+
+    run = os.environ.get("MEDREK_SMOKE_RUN")
+    if not run:
+        pytest.skip("no smoke run to check (make notebooks sets MEDREK_SMOKE_RUN)")
+    executed = sorted((Path(run) / "notebooks").glob("*.ipynb"))
+    assert executed, f"{run}/notebooks holds no executed notebook"
+    with_bars = [p.name for p in executed if has_progress_bar(json.loads(p.read_text("utf-8")))]
+    assert not with_bars, f"executed notebooks that kept progress bars: {with_bars}"
