@@ -29,7 +29,7 @@ quickstart: venv
 	mkdir -p runs/quickstart/notebooks
 	$(PY) -m papermill notebooks/00_quickstart.ipynb runs/quickstart/notebooks/00_quickstart.ipynb \
 		--cwd notebooks $(if $(DATA_DIR),-p data_dir $(DATA_DIR))
-	$(PY) -m medrek.progress_bars runs/quickstart/notebooks/00_quickstart.ipynb
+	$(PY) -m medrek.executed runs/quickstart/notebooks/00_quickstart.ipynb
 	@echo "[medrek] executed notebook: runs/quickstart/notebooks/00_quickstart.ipynb"
 
 ## The main job: every notebook in order with $(PARAMS) into runs/<params name>/
@@ -49,7 +49,7 @@ figures: venv
 	mkdir -p runs/figures/notebooks
 	$(PY) -m papermill notebooks/05_paper_figures.ipynb runs/figures/notebooks/05_paper_figures.ipynb --cwd notebooks \
 		-p run_dir runs/figures -y '{results: [results/small], split: test-first200}'
-	$(PY) -m medrek.progress_bars runs/figures/notebooks/05_paper_figures.ipynb
+	$(PY) -m medrek.executed runs/figures/notebooks/05_paper_figures.ipynb
 	@echo "[medrek] figures in runs/figures/figures/, tables in runs/figures/tables/"
 
 ## JupyterLab at the repository root (notebooks/, runs/ and results/ all visible; as root it needs --allow-root)

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from .config import COMMON_KEYS, Params, ParamsError, check_keys, check_value, load_params
 from .io import write_text
-from .progress_bars import strip_file
+from .executed import clean_file
 from .rundir import LOCK_OWNER_ENV, NotARunDir, RunDir, RunDirBusy
 
 __all__ = ["NOTEBOOKS_DIR", "notebook_paths", "notebook_parameters", "validate_params", "run_pipeline",
@@ -154,10 +154,10 @@ def _execute(notebooks: dict[str, Path], params: Params, run: RunDir, log_output
             )
         except BaseException:
             if tmp.exists():  # the partly executed copy shows where it failed; the last good one stays
-                strip_file(tmp)
+                clean_file(tmp)
                 os.replace(tmp, out.with_name(f"{out.stem}.failed.ipynb"))
             raise
-        strip_file(tmp)  # progress bars rendered live; the saved copy leaves them out
+        clean_file(tmp)  # progress bars rendered live; the saved copy leaves them out
         os.replace(tmp, out)
         print(f"[medrek] {name} done in {time.perf_counter() - start:.1f} s", flush=True)
 

@@ -61,9 +61,10 @@ def test_smoke_run_matches_the_reference():
                                 f"(regenerate with `make smoke-reference` if on purpose)\n--- reference\n{w}\n--- got\n{g}")
 
 
-def test_smoke_run_saves_no_progress_bars():
-    """Bars render live while the pipeline runs; the executed copies leave them out."""
-    from medrek.progress_bars import has_progress_bar
+def test_smoke_run_saves_no_progress_bars_or_machine_paths():
+    """Bars render live while the pipeline runs; the executed copies leave them out, and name
+    paths under the repository relative to it."""
+    from medrek.executed import has_machine_path, has_progress_bar
 
     run = os.environ.get("MEDREK_SMOKE_RUN")
     if not run:
@@ -72,3 +73,5 @@ def test_smoke_run_saves_no_progress_bars():
     assert executed, f"{run}/notebooks holds no executed notebook"
     with_bars = [p.name for p in executed if has_progress_bar(json.loads(p.read_text("utf-8")))]
     assert not with_bars, f"executed notebooks that kept progress bars: {with_bars}"
+    with_paths = [p.name for p in executed if has_machine_path(json.loads(p.read_text("utf-8")))]
+    assert not with_paths, f"executed notebooks that name the repository's absolute path: {with_paths}"

@@ -1,15 +1,18 @@
-"""Leave progress bars out of saved notebooks.
+"""What the kit saves of an executed notebook: no progress bars, no machine paths.
 
 Progress bars (tqdm's and transformers') render live while a notebook runs, in JupyterLab and
 in a terminal; in a saved notebook they are frozen residue such as ``0%|          | 0/200``.
-The kit's pipeline and Make targets pass every executed notebook through
-:func:`strip_progress_bars`; anyone else's papermill output can be cleaned the same way::
+Paths under the repository print as ``/home/someone/medrek-kit/checkpoints/...`` on the machine
+that ran it. The kit's pipeline and Make targets pass every executed notebook through
+:func:`clean_file`; anyone else's papermill output can be cleaned the same way::
 
-    python -m medrek.progress_bars runs/try/notebooks/03_single_edit.ipynb
+    python -m medrek.executed runs/try/notebooks/03_single_edit.ipynb
 
 What goes: ``display_data`` outputs of Jupyter widgets (tqdm.auto's bars), the widget state
-saved in the notebook's metadata, and the bar lines of ``stream`` outputs (tqdm's text bars on
-stderr, carriage-return updates included). Every other output stays as it was.
+saved in the notebook's metadata, the bar lines of ``stream`` outputs (tqdm's text bars on
+stderr, carriage-return updates included), and the repository root's prefix wherever a path
+under it appears (outputs, injected parameters, papermill's metadata): ``checkpoints/...``.
+Every other output stays as it was.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .config import REPO_ROOT
 from .io import write_text
 
-__all__ = ["strip_progress_bars", "strip_file", "has_progress_bar", "PROGRESS_BAR"]
+__all__ = ["strip_progress_bars", "relative_paths", "clean_file", "has_progress_bar", "has_machine_path",
+           "PROGRESS_BAR"]
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 # tqdm's text bar: "desc:  45%|████▌     | 9/20 [00:01<00:01,  8.1it/s]"
@@ -89,15 +94,49 @@ def has_progress_bar(notebook: dict) -> bool:
     return False
 
 
-def strip_file(path: str | Path) -> int:
-    """Strip the progress bars of the notebook at ``path``, rewriting it atomically only if
-    something changed; returns the number of outputs removed or changed."""
+def _relative(value: Any, prefix: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(prefix, "")
+    if isinstance(value, list):
+        return [_relative(v, prefix) for v in value]
+    if isinstance(value, dict):
+        return {k: _relative(v, prefix) for k, v in value.items()}
+    return value
+
+
+def relative_paths(notebook: dict, root: str | Path = REPO_ROOT) -> int:
+    """Write every path under ``root`` in ``notebook`` (sources, outputs, metadata; in place)
+    relative to it; returns how many cells (and the metadata) changed."""
+    prefix = f"{Path(root).resolve()}/"
+    changed = 0
+    for cell in notebook.get("cells", []):
+        new = _relative(cell, prefix)
+        if new != cell:
+            cell.clear()
+            cell.update(new)
+            changed += 1
+    metadata = _relative(notebook.get("metadata", {}), prefix)
+    if metadata != notebook.get("metadata", {}):
+        notebook["metadata"] = metadata
+        changed += 1
+    return changed
+
+
+def has_machine_path(notebook: dict, root: str | Path = REPO_ROOT) -> bool:
+    """Whether ``notebook`` still names a path under ``root`` absolutely."""
+    return f"{Path(root).resolve()}/" in json.dumps(notebook, ensure_ascii=False)
+
+
+def clean_file(path: str | Path, root: str | Path = REPO_ROOT) -> int:
+    """Strip the progress bars of the notebook at ``path`` and write the paths under ``root``
+    relative to it, rewriting the file atomically only if something changed; returns the number
+    of outputs and cells changed."""
     path = Path(path)
     try:
         notebook = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not a notebook (invalid JSON at line {exc.lineno}: {exc.msg})") from None
-    changed = strip_progress_bars(notebook)
+    changed = strip_progress_bars(notebook) + relative_paths(notebook, root)
     if changed:
         write_text(path, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
     return changed
@@ -106,10 +145,10 @@ def strip_file(path: str | Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     paths = list(sys.argv[1:] if argv is None else argv)
     if not paths:
-        print("usage: python -m medrek.progress_bars NOTEBOOK.ipynb [...]", file=sys.stderr)
+        print("usage: python -m medrek.executed NOTEBOOK.ipynb [...]", file=sys.stderr)
         return 2
     for path in paths:
-        print(f"{path}: {strip_file(path)} output(s) without progress bars")
+        print(f"{path}: {clean_file(path)} output(s) or cell(s) cleaned")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Progress bars are left out of saved notebooks; every other output stays."""
+"""Executed notebooks are saved without progress bars or machine paths; every other output stays."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medrek.progress_bars import has_progress_bar, strip_file, strip_progress_bars
+from medrek.executed import clean_file, has_machine_path, has_progress_bar, relative_paths, strip_progress_bars
 
 BAR = "ike single:   0%|          | 0/200 [00:00<?, ?it/s]"
 
@@ -39,13 +39,13 @@ def test_bars_go_and_everything_else_stays():
     assert strip_progress_bars(nb) == 0  # idempotent
 
 
-def test_strip_file_rewrites_only_when_something_changed(tmp_path):
+def test_clean_file_rewrites_only_when_something_changed(tmp_path):
     path = tmp_path / "run.ipynb"
     path.write_text(json.dumps(notebook()), "utf-8")
-    assert strip_file(path) == 4
+    assert clean_file(path, tmp_path / 'repo') == 4
     assert not has_progress_bar(json.loads(path.read_text("utf-8")))
     stamp = path.stat().st_mtime_ns
-    assert strip_file(path) == 0 and path.stat().st_mtime_ns == stamp
+    assert clean_file(path, tmp_path / 'repo') == 0 and path.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == ["run.ipynb"]  # no temporary file left
 
 
@@ -53,4 +53,19 @@ def test_a_malformed_notebook_is_named(tmp_path):
     path = tmp_path / "broken.ipynb"
     path.write_text("{not json", "utf-8")
     with pytest.raises(ValueError, match="broken.ipynb"):
-        strip_file(path)
+        clean_file(path)
+
+
+def test_paths_under_the_repository_become_relative(tmp_path):
+    root = tmp_path / "medrek-kit"
+    nb = notebook()
+    nb["cells"][0]["source"] = f'run_dir = "{root}/runs/small"\n'
+    nb["cells"][0]["outputs"].append({"output_type": "stream", "name": "stdout",
+                                      "text": [f"medrek: {root}/checkpoints/small/medrek\n", "/elsewhere/data\n"]})
+    nb["metadata"]["papermill"] = {"input_path": f"{root}/notebooks/03_single_edit.ipynb"}
+    assert has_machine_path(nb, root)
+    assert relative_paths(nb, root) == 2  # the cell and the metadata
+    assert nb["cells"][0]["source"] == 'run_dir = "runs/small"\n'
+    assert nb["cells"][0]["outputs"][-1]["text"] == ["medrek: checkpoints/small/medrek\n", "/elsewhere/data\n"]
+    assert nb["metadata"]["papermill"]["input_path"] == "notebooks/03_single_edit.ipynb"
+    assert not has_machine_path(nb, root) and relative_paths(nb, root) == 0
