@@ -61,7 +61,7 @@ def main() -> None:
     editor = editor_or_untrained(args.checkpoint, method="medrek-lm-embedding", lm="smollm2-135m", encoder="minilm-l6",
                                  key_dim=512, n_tokens=30)
     records = load_split("medversa", "test", args.data_dir, limit=max(args.n_queries, args.n_score))
-    editor.edit(records, batch_size=128)
+    editor.edit(records, batch_size=128, check_retrieval=False)
     add_filler(editor, args.n_edits - len(editor.memory))
     texts = [r.prompt for r in records[: args.n_queries]]
     prompts, targets = [r.prompt for r in records[: args.n_score]], [r.target_new for r in records[: args.n_score]]

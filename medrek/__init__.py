@@ -8,7 +8,7 @@ The public API::
 """
 
 from .data import EditRecord, LocalityProbe, load_split
-from .editor import EditedModel, Editor, EditorConfig
+from .editor import EditedModel, EditNotRetrievedWarning, Editor, EditorConfig
 from .io import CheckpointError
 from .memory import EditMemory, MemoryConfig
 from .methods import PRESETS, MethodPreset, get_preset
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "EditMemory",
+    "EditNotRetrievedWarning",
     "EditRecord",
     "EditedModel",
     "Editor",

@@ -36,7 +36,7 @@ from .models.prompt import EditTextCutWarning, PromptEncoder, PromptEncoderConfi
 from .models.verifier import VERIFIER_KINDS, QuestionVerifier, VerifierConfig
 from .models.registry import load_causal_lm, load_encoder
 
-__all__ = ["EditorConfig", "EditedModel", "Editor", "EditTextCutWarning", "PairBatch", "RowPrompts", "ScoreResult",
+__all__ = ["EditorConfig", "EditedModel", "Editor", "EditNotRetrievedWarning", "EditTextCutWarning", "PairBatch", "RowPrompts", "ScoreResult",
            "auto_edit_id", "checkpoint_fingerprint", "read_editor_config", "weights_fingerprint", "encode_pairs",
            "pad_prompts", "score_pairs", "CHAT_TEMPLATE_SETTINGS", "check_chat_template", "check_max_length",
            "resolve_chat_template"]
@@ -197,6 +197,10 @@ def check_weights(folder: Path, meta: Mapping[str, Any]) -> Path:
     return weights
 
 
+class EditNotRetrievedWarning(UserWarning):
+    """An edit was stored, but its own prompt does not fire it (a gate blocked its top-1)."""
+
+
 def auto_edit_id(prompt: str, target: str) -> str:
     """The id of a request given without one: ``auto-`` and a hash of its text, so it cannot
     collide with another request's (or a user's ``edit-0``)."""
@@ -314,8 +318,12 @@ class Editor(nn.Module):
 
     @torch.no_grad()
     def edit(self, requests: EditRecord | Mapping[str, Any] | Sequence[EditRecord | Mapping[str, Any]],
-             batch_size: int = 64, progress: bool = False) -> list[str]:
-        """Store one request or a batch; returns the edit ids. Encoder forwards only."""
+             batch_size: int = 64, progress: bool = False, check_retrieval: bool = True) -> list[str]:
+        """Store one request or a batch; returns the edit ids. Encoder forwards only.
+
+        With ``check_retrieval`` (and exact match off), each edited prompt is looked up once
+        more; an edit that its own prompt does not fire raises an :class:`EditNotRetrievedWarning`
+        naming the gate that blocked it (evaluations, which measure this, turn the check off)."""
         from tqdm.auto import tqdm
 
         if isinstance(requests, (EditRecord, Mapping)):
@@ -351,7 +359,24 @@ class Editor(nn.Module):
         if reqs:
             self.memory.add(ids, torch.cat(keys), token_rows if self.memory.config.prompt_store == "token_ids"
                             else torch.cat(prompts), reqs)
+            if check_retrieval and not self.memory.config.exact_match:
+                self._warn_unretrieved(ids, [r["prompt"] for r in reqs])
         return ids
+
+    def _warn_unretrieved(self, ids: Sequence[str], prompts: Sequence[str]) -> None:
+        """Warn about the edits whose own prompt does not fire them, with the gate that blocked
+        the first few (:meth:`explain`)."""
+        fired = self.lookup(prompts).ids  # one read of the memory: safe while other threads edit
+        missed = [(i, p) for i, p, got in zip(ids, prompts, fired) if got != i]
+        if not missed:
+            return
+        shown = []
+        for edit_id, prompt in missed[:3]:
+            why = self.explain(prompt)
+            shown.append(f"{edit_id!r} ({'; '.join(why.blocked_by) or why.reason})")
+        warnings.warn(f"{len(missed)} of {len(ids)} edits do not fire on their own prompt: {', '.join(shown)}. "
+                      "Turn on exact match (Editor.load(..., exact_match=True)) to make an edited prompt always "
+                      "retrieve its edit", EditNotRetrievedWarning, stacklevel=3)
 
     def remove(self, ids: str | Sequence[str]) -> None:
         """Remove stored edits by id (one id or a list of ids)."""

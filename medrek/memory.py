@@ -591,15 +591,19 @@ class EditMemory:
         """The gates the single query of ``r``'s top-1 failed: (gate, its numbers, in words)."""
         cfg = self.config
         score, proto, verified = float(r.scores[0]), float(r.prototype_scores[0]), float(r.verified[0])
+
+        def fmt(value: float | None) -> str:  # a gate's setting, None when that gate is off
+            return "off" if value is None else f"{value:.4f}"
+
         texts = {"prototype": (f"score {score:.4f} <= prototype {proto:.4f}",
                                f"score {score:.4f} does not beat the prototype's {proto:.4f}"),
                  "min_verified": (f"{verified:.3f} < {cfg.min_verified:.3f}",
                                   f"verifier's probability {verified:.3f} (the best of the top {cfg.verify_k}) is "
                                   f"below min_verified {cfg.min_verified:.3f}"),
-                 "min_similarity": (f"{score:.4f} < {cfg.min_similarity}",
-                                    f"score {score:.4f} is below min_similarity {cfg.min_similarity}"),
-                 "min_margin": (f"lead over the prototype {score - proto:.4f} < {cfg.min_margin}",
-                                f"margin over the prototype {score - proto:.4f} is below min_margin {cfg.min_margin}")}
+                 "min_similarity": (f"{score:.4f} < {fmt(cfg.min_similarity)}",
+                                    f"score {score:.4f} is below min_similarity {fmt(cfg.min_similarity)}"),
+                 "min_margin": (f"lead over the prototype {score - proto:.4f} < {fmt(cfg.min_margin)}",
+                                f"margin over the prototype {score - proto:.4f} is below min_margin {fmt(cfg.min_margin)}")}
         return [(gate, *texts[gate]) for gate, passed in self._gates(r.scores, r.prototype_scores, r.verified).items()
                 if not bool(passed[0])]
 

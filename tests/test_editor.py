@@ -183,3 +183,22 @@ def test_automatic_ids_never_clash_after_removal_or_with_user_ids(make_editor):
     assert editor.memory.ids == [c, auto_edit_id("e?", "f"), "edit-0", auto_edit_id("g?", "h")]
     with pytest.raises(ValueError, match="already stored"):
         editor.edit({"prompt": "c?", "target_new": "d"})  # the same request again
+
+
+def test_an_edit_its_own_prompt_does_not_fire_is_named(make_editor):
+    import warnings
+
+    from medrek import EditNotRetrievedWarning
+
+    blocked = make_editor(min_similarity=1e9)  # no score reaches this gate
+    with pytest.warns(EditNotRetrievedWarning, match=r"3 of 3 edits do not fire on their own prompt: .*"
+                                                     r"min_similarity \(-?\d+\.\d{4} < 1000000000\.0000\)"):
+        blocked.edit(REQUESTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EditNotRetrievedWarning)
+        make_editor(min_similarity=1e9).edit(REQUESTS, check_retrieval=False)  # evaluations measure it instead
+        make_editor(min_similarity=1e9, exact_match=True).edit(REQUESTS)  # exact match fires them
+        fires = make_editor()
+        fires.memory.config.min_similarity = None
+        fires.memory.config.prototype_gate = False
+        fires.edit(REQUESTS)  # every edit fires on its own prompt: nothing to say

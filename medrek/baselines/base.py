@@ -105,7 +105,7 @@ class RetrievalMethod(EditMethod):
         return {"editor": self.editor.fingerprint()}
 
     def edit(self, records: Sequence[EditRecord]) -> None:
-        self.editor.edit(list(records), batch_size=128)
+        self.editor.edit(list(records), batch_size=128, check_retrieval=False)
 
     def restore(self) -> None:
         self.editor.clear()
@@ -132,7 +132,7 @@ class RetrievalMethod(EditMethod):
         try:
             for block, p, t in jobs:
                 self.editor.memory = EditMemory(saved.config, saved.prototype_key, saved.verify, saved.build_prompts)  # no edits
-                self.editor.edit(list(block), batch_size=128)
+                self.editor.edit(list(block), batch_size=128, check_retrieval=False)
                 rp = self.editor.row_prompts(list(p))
                 found.append(RowPrompts(rp.prompts.cpu(), rp.fired.cpu(), rp.ids, rp.margins))
                 prompts += list(p)

@@ -41,7 +41,7 @@ class InContextMethod(EditMethod):
         return {"retriever": self.editor.fingerprint(), "template": self.template}
 
     def edit(self, records: Sequence[EditRecord]) -> None:
-        self.editor.edit(list(records), batch_size=128)
+        self.editor.edit(list(records), batch_size=128, check_retrieval=False)
 
     def restore(self) -> None:
         self.editor.clear()

@@ -219,7 +219,7 @@ def editor_retrieval_rates(editor, evaluated: Sequence[EditRecord], padding: Seq
     saved = editor.memory
     try:
         editor.memory = editor.new_memory()
-        editor.edit([_request(r) for r in records])
+        editor.edit([_request(r) for r in records], check_retrieval=False)
         probes = probes_for(evaluated, records, editor.encoder.query, neighbours)
         return retrieval_rates(editor.memory, probes)
     finally:

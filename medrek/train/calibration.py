@@ -47,7 +47,7 @@ def gate_margins(editor, records: Sequence[EditRecord], block_size: int = 100) -
         for start in range(0, len(records), block_size):
             block = list(records[start: start + block_size])
             editor.memory = editor.new_memory()
-            editor.edit(block)
+            editor.edit(block, check_retrieval=False)
             ids = [r.record_id for r in block]
             for kind, texts in (("prompt", [r.prompt for r in block]), ("rephrase", [r.rephrase for r in block])):
                 r = editor.memory.retrieve(editor.query_vectors(texts))
