@@ -6,6 +6,8 @@ the ``docs/`` page that ``PAGES`` names:
 - ``suite``: what ``make test`` runs (tests collected now) and how long it took when last timed (``bench/results/test_suite.json``, by
   ``tools/time_test_suite.py``);
 - ``headline``: the README's compact results table (``results/small/metrics/results.csv``);
+- ``reproduce-time``: how long ``make reproduce`` trains, from the committed editors' own training
+  logs (``checkpoints/small/*/train_log_*.csv``, ``retrieval_stage.json``);
 - ``train-table``: validation of the small run's editors during training
   (``results/small/metrics/train_valid_*.csv``, ``gate_calibration.csv``);
 - ``eval-table``: the small evaluation (``results/small/metrics/results.csv``);
@@ -73,6 +75,36 @@ def suite() -> str:
         else:
             lines.append(f"Not timed since the notebooks run once (the last timing, {t['date']}, ran them twice).")
     return "\n".join(lines)
+
+
+CHECKPOINTS = ROOT / "checkpoints" / "small"
+
+
+def training_minutes(folder: str) -> float:
+    """Minutes of optimizer steps of the committed editor in ``checkpoints/small/<folder>`` (its training log)."""
+    (log,) = (CHECKPOINTS / folder).glob("train_log_*.csv")
+    return float(pd.read_csv(log)["seconds"].sum()) / 60
+
+
+def stage_minutes(method: str) -> float | None:
+    """Minutes of the committed editor's retrieval stage (query head, verifier, calibration), if it had one."""
+    path = CHECKPOINTS / method / "retrieval_stage.json"
+    return json.loads(path.read_text("utf-8"))["seconds"] / 60 if path.exists() else None
+
+
+def reproduce_time() -> str:
+    working = f"{training_minutes('medrek-lm-embedding'):.0f} minutes of steps for the working `medrek-lm-embedding`"
+    stage = stage_minutes("medrek-lm-embedding")
+    if stage is not None:
+        working += f" then {stage:.0f} of its retrieval stage (query head, cross-encoder verifier, calibration)"
+    return (f"`make reproduce` runs every notebook with `params/small.yaml`: four editors of 300 steps ({working}; "
+            f"{training_minutes('recipe-lm-embedding'):.0f} for its twin `recipe-lm-embedding`; "
+            f"{training_minutes('medrek'):.0f} and {training_minutes('recipe'):.0f} for the paper's MedREK and RECIPE, "
+            "partly shared with test runs), as the committed editors' training logs in `checkpoints/small/` record "
+            "them on 2 cores, and the evaluation on the first 200 test requests (notebooks 03-05; their measured "
+            "times are in the executed notebooks in `results/small/notebooks/`). `make long-edits` fine-tunes the "
+            "long-edit editor from the committed working editor "
+            f"({training_minutes('medrek-lm-embedding-long'):.0f} minutes of steps).")
 
 
 def train_table() -> str:
@@ -240,10 +272,10 @@ def claims() -> str:
 
 
 # section -> the page it lives in (relative to the repository root)
-SECTIONS = {"suite": suite, "headline": headline, "train-table": train_table, "eval-table": eval_table,
+SECTIONS = {"suite": suite, "reproduce-time": reproduce_time, "headline": headline, "train-table": train_table, "eval-table": eval_table,
             "growth-table": growth_table, "ladder": ladder, "claims": claims, "working-bench": working_bench,
             "growth-leads": growth_leads}
-PAGES = {"suite": "README.md", "headline": "README.md", "train-table": "docs/training.md",
+PAGES = {"suite": "README.md", "reproduce-time": "README.md", "headline": "README.md", "train-table": "docs/training.md",
          "eval-table": "docs/evaluation.md", "growth-table": "docs/evaluation.md", "ladder": "docs/evaluation.md",
          "claims": "README.md", "working-bench": "README.md", "growth-leads": "docs/evaluation.md"}
 
