@@ -44,13 +44,14 @@ long-edits: venv
 evaluate: venv
 	$(PY) -m medrek.pipeline $(PARAMS) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) --only 03_single_edit 04_batch_edit 05_paper_figures
 
-## The paper's tables and figures from the committed small results (no model is loaded; seconds)
+## The paper's tables and figures from the committed small results, into figures/ (no model is loaded; seconds)
 figures: venv
 	mkdir -p runs/figures/notebooks
 	$(PY) -m papermill notebooks/05_paper_figures.ipynb runs/figures/notebooks/05_paper_figures.ipynb --cwd notebooks \
 		-p run_dir runs/figures -y '{results: [results/small], split: test-first200}'
 	$(PY) -m medrek.executed runs/figures/notebooks/05_paper_figures.ipynb
-	@echo "[medrek] figures in runs/figures/figures/, tables in runs/figures/tables/"
+	cp runs/figures/figures/*.png runs/figures/figures/*.pdf figures/
+	@echo "[medrek] figures in runs/figures/figures/ (copied to figures/, which README and docs show), tables in runs/figures/tables/"
 
 ## JupyterLab at the repository root (notebooks/, runs/ and results/ all visible; as root it needs --allow-root)
 lab: venv

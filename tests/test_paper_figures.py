@@ -138,3 +138,20 @@ def test_batch_figure_has_bootstrap_intervals_and_a_data_range_axis(results, per
     lo, hi = plots.bootstrap_ci([0.0, 1.0] * 50, seed=3)
     assert 0.38 < lo < 0.5 < hi < 0.62 and plots.bootstrap_ci([0.0, 1.0] * 50, seed=3) == (lo, hi)
     plt.close(fig)
+
+
+def test_every_figure_the_pages_show_is_made_by_notebook_05():
+    """``make figures`` (notebook 05 over results/small, copied into figures/) redraws each figure
+    that README.md and docs/ show."""
+    import json
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    source = "".join("".join(c["source"]) for c in json.loads(
+        (root / "notebooks" / "05_paper_figures.ipynb").read_text("utf-8"))["cells"] if c["cell_type"] == "code")
+    made = set(re.findall(r',\s*"([a-z_]+)"\)', source))  # save(figure, "name"), on one line or two
+    made |= {"single_medversa"} if 'f"single_{dataset}"' in source else set()
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    shown = {m for p in pages for m in re.findall(r"!\[[^\]]*\]\((?:\.\./)?figures/([a-z_]+)\.png\)", p.read_text("utf-8"))}
+    assert shown, "no figure found in README.md or docs/"
+    assert shown <= made, f"figures shown but not made by notebook 05 (make figures): {sorted(shown - made)}"

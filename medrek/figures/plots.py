@@ -194,7 +194,7 @@ def plot_method_metrics(results: pd.DataFrame, metrics: Sequence[str], title: st
     """Grouped bars: one group per metric, one bar per method (``results`` is tidy)."""
     part = single_valued(results[results["metric"].isin(metrics)], ["method", "metric"], "plot_method_metrics")
     methods = _methods(part)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.4 * len(metrics), 3.0))
+    fig, ax = plt.subplots(figsize=(2.8 + 1.4 * len(metrics), 3.0))
     width = 0.8 / max(len(methods), 1)
     for j, method in enumerate(methods):
         values = part[part["method"] == method].set_index("metric")["value"].reindex(metrics)
@@ -202,8 +202,9 @@ def plot_method_metrics(results: pd.DataFrame, metrics: Sequence[str], title: st
     ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(metrics))], metrics)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("fraction of target tokens / probes")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars
     ax.set_title(f"{title}\n{describe(part)}" if title else describe(part), fontsize=9)
+    fig.tight_layout()
     return fig
 
 
@@ -255,10 +256,13 @@ def _metric_lines(results: pd.DataFrame, metrics: Sequence[str], x: str, xlabel:
             if c == 0:
                 ax.set_ylabel("mean over requests (fraction)")
             ax.set_xlabel(xlabel)
-    axes[0][0].legend(fontsize=7)
     note = "points: mean; bars: 95% bootstrap interval over requests" if cis else "points: mean over requests"
     fig.suptitle(f"{describe(part)}\n{note}", fontsize=8, y=1.0)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    below = 0.45 / fig.get_figheight()  # the legend's strip under the axes: it never covers a line
+    fig.tight_layout(rect=(0, below, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0))
     return fig
 
 
