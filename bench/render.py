@@ -183,31 +183,6 @@ def working_memory_table(data: dict | None) -> list[str]:
     return out + [""]
 
 
-def long_edits_table(data: dict | None) -> list[str]:
-    if not data:
-        return []
-    own = {r["lead"]: r["settings"]["checkpoint"] for r in data["rows"] if "checkpoint" in (r.get("settings") or {})}
-    others = "".join(f"; `{lead}` loads `{path}`" for lead, path in sorted(own.items()))
-    out = [f"**Long edits** (long_edits.json; `{data['checkpoint']}` loaded with each lead's settings, no retraining"
-           f"{others}; single protocol, chat template; IKE through the lead's retriever; edit tokens dropped = total over the "
-           "requests of edit-text tokens the prompt could not carry):", "",
-           "| dataset | lead | method | n | efficacy | generality | locality | own edit fires (prompt) "
-           "| own edit fires (rephrase) | edit tokens dropped | efficacy minus IKE's [95% CI] |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in data["rows"]:
-        diff = r.get("minus_ike", {}).get("efficacy")
-        paired = f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]" if diff else "-"
-        out.append(f"| {r['dataset']} {r['split']} | {r['lead']} | {r['method']} | {r['n']} | {r['efficacy']:.3f} "
-                   f"| {r['generality']:.3f} | {r['locality']:.3f} | {fmt_opt(r.get('retrieved_prompt'))} "
-                   f"| {fmt_opt(r.get('retrieved_rephrase'))} | {int(r.get('edit_tokens_dropped', 0)):,} | {paired} |")
-    return out + ["", "The interval is a percentile bootstrap over requests of the paired difference (2,000 "
-                      "resamples, seeded); IKE runs through the lead's retriever settings.", ""]
-
-
-def fmt_opt(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def render() -> str:
     out = ["Measured with the scripts in `bench/` (`bench/run.py` runs them all; 2-core CPU unless the JSON says "
            "otherwise; a row exists only for the scripts that have been run); every ratio compares "
@@ -237,7 +212,6 @@ def render() -> str:
                 f"{ins['memit_covariance_s']:.0f} s of covariance statistics.", ""]
     out += inference_overhead(load("inference_overhead"))
     out += working_memory_table(load("working_memory"))
-    out += long_edits_table(load("long_edits"))
     out += training_tables([load("train_throughput_smoke"), load("train_throughput_small")], load("train_gpu"))
     out += long_targets_table(load("long_targets"))
     runs = [(name, load(name)) for name in ("run", "run_full")]

@@ -1,6 +1,6 @@
 """Run every benchmark, then render the benchmark table (docs/benchmarks.md); the time it took is
-the table's last line (bench/results/run.json). ``bench/long_edits.py`` (about 40 minutes) and
-``bench/retrieval_ladder.py`` are run on their own.
+the table's last line (bench/results/run.json). ``studies/long_edits.py`` (about 40 minutes) and
+``studies/retrieval_ladder.py`` are run on their own.
 
     python bench/run.py [--full] [--only memory_scale edit_insertion ...]
 

@@ -7,7 +7,7 @@
 * ``medrek-no-attention``: shared keys with a linear prompt encoder (ablation);
 * ``token_attention``: shared keys with the token-level attention prompt encoder (kit variant);
 * ``medrek-lm-embedding``: shared keys; the prompt is the LM's own embeddings of the edit text in
-  a learned frame (the kit's working variant: see ``bench/capacity_ladder.py`` for why);
+  a learned frame (the kit's working variant: see ``studies/capacity_ladder.py`` for why);
 * ``recipe-lm-embedding``: RECIPE's key k(prompt + target) with the working variant's prompt
   encoder: ``medrek-lm-embedding`` without the shared query-key space (its twin in the claims table).
 """

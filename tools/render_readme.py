@@ -12,8 +12,9 @@ the ``docs/`` page that ``PAGES`` names:
   (``results/small/metrics/train_valid_*.csv``, ``gate_calibration.csv``);
 - ``eval-table``: the small evaluation (``results/small/metrics/results.csv``);
 - ``growth-table``: memory growth of the committed editors (``results/small/metrics/growth.csv``);
-- ``ladder``: the retrieval ladder (``bench/results/retrieval_ladder.json``);
+- ``ladder``: the retrieval ladder (``studies/results/retrieval_ladder.json``);
 - ``growth-leads``: the LM-level memory-growth leads (``studies/results/large_memory.json``);
+- ``long-edits``: the long-edits study (``studies/results/long_edits.json``);
 - ``working-bench``: the working editor's cost (``bench/results/working_memory.json``,
   ``inference_overhead.json``);
 - ``claims``: the paper's claims C1-C4 with intervals and verdicts, computed again from the
@@ -175,11 +176,18 @@ def growth_table() -> str:
 
 
 def ladder() -> str:
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT / "studies"))
     from render_retrieval_ladder import RESULTS, changes_table, ladder_table
 
     data = json.loads(RESULTS.read_text())
     return f"{ladder_table(data)}\n\n{changes_table(data)}"
+
+
+def long_edits() -> str:
+    sys.path.insert(0, str(ROOT / "studies"))
+    from render_long_edits import RESULTS, long_edits_table
+
+    return "\n".join(long_edits_table(json.loads(RESULTS.read_text()))).rstrip()
 
 
 def growth_leads() -> str:
@@ -274,10 +282,11 @@ def claims() -> str:
 # section -> the page it lives in (relative to the repository root)
 SECTIONS = {"suite": suite, "reproduce-time": reproduce_time, "headline": headline, "train-table": train_table, "eval-table": eval_table,
             "growth-table": growth_table, "ladder": ladder, "claims": claims, "working-bench": working_bench,
-            "growth-leads": growth_leads}
+            "growth-leads": growth_leads, "long-edits": long_edits}
 PAGES = {"suite": "README.md", "reproduce-time": "README.md", "headline": "README.md", "train-table": "docs/training.md",
          "eval-table": "docs/evaluation.md", "growth-table": "docs/evaluation.md", "ladder": "docs/evaluation.md",
-         "claims": "README.md", "working-bench": "README.md", "growth-leads": "docs/evaluation.md"}
+         "claims": "README.md", "working-bench": "README.md", "growth-leads": "docs/evaluation.md",
+         "long-edits": "docs/benchmarks.md"}
 
 
 def render_page(page: str, text: str) -> str:

@@ -6,11 +6,11 @@ every MedVersa prompt, rephrase and locality prompt, and of the kit's neighbour 
 each lead takes seconds. The first 200 test edits are scored while the memory holds 200, 1,000
 or 6,000 edits (the rest of test, then valid, then train); thresholds are calibrated on valid
 edits (their locality prompts) with the 5,000 valid and train edits stored, never on test. One lead at a
-time; every lead is written to ``bench/results/retrieval_ladder.json``, failures too:
+time; every lead is written to ``studies/results/retrieval_ladder.json``, failures too:
 
-    python bench/retrieval_ladder.py                      # every lead
-    python bench/retrieval_ladder.py --only cosine-threshold
-    python bench/render_retrieval_ladder.py               # the Markdown table
+    python studies/retrieval_ladder.py                      # every lead
+    python studies/retrieval_ladder.py --only cosine-threshold
+    python studies/render_retrieval_ladder.py               # the Markdown table
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from medrek.train.retriever import (RetrieverTrainConfig, VerifierTrainConfig, c
                                     train_query_head, train_verifier)
 from safetensors.torch import save_file  # noqa: E402
 
-OUT = ROOT / "bench" / "results" / "retrieval_ladder.json"
+OUT = ROOT / "studies" / "results" / "retrieval_ladder.json"
 SIZES = (200, 1000, 6000)
 N_EVAL = 200
 CALIBRATION_STORED = 5000  # every valid and train edit: the largest memory that holds no test edit

@@ -1,7 +1,7 @@
-"""The retrieval ladder as Markdown, from ``bench/results/retrieval_ladder.json``: one row per lead
+"""The retrieval ladder as Markdown, from ``studies/results/retrieval_ladder.json``: one row per lead
 and memory size (own edit fires for prompt and paraphrase, unrelated and neighbour questions that
 fire an edit), the calibrated threshold, and the best numbers per size.
-``python bench/render_retrieval_ladder.py`` prints it; ``tools/render_readme.py`` puts it in the docs."""
+``python studies/render_retrieval_ladder.py`` prints it; ``tools/render_readme.py`` puts it in the docs."""
 
 from __future__ import annotations
 

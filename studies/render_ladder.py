@@ -1,6 +1,6 @@
-"""The capacity ladder and the leads table as Markdown, from ``bench/results/capacity_ladder.json``
-and ``bench/results/leads.json`` (each lead: what was tried, where it was measured, the number,
-and what it says). ``python bench/render_ladder.py`` prints both tables."""
+"""The capacity ladder and the leads table as Markdown, from ``studies/results/capacity_ladder.json``
+and ``studies/results/leads.json`` (each lead: what was tried, where it was measured, the number,
+and what it says). ``python studies/render_ladder.py`` prints both tables."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Long edits: MedFE explanations and MedVersa facts through the working editor, lead by lead.
 
-    python bench/long_edits.py [--medfe-n 100] [--medversa-n 200] [--leads committed whole-text ...]
+    python studies/long_edits.py [--medfe-n 100] [--medversa-n 200] [--leads committed whole-text ...]
 
 Each lead loads the committed ``medrek-lm-embedding`` editor with a few settings changed at load
 (no retraining) and runs the single-edit protocol of notebook 03 (chat template, block scoring)
 on the first ``--medfe-n`` MedFE test requests and the first ``--medversa-n`` MedVersa test
 requests, next to IKE through the same retriever (the same settings) and the unedited LM. Rows
 go to ``runs/long-edits/metrics`` (resumable: a lead already scored is read back, and refused if
-something else made it); the summary to ``bench/results/long_edits.json``.
+something else made it); the summary to ``studies/results/long_edits.json``.
 
 MedFE's test file is used for evaluation only: no lead is trained, calibrated or chosen on it by
 this script; every lead is reported.
@@ -18,22 +18,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from common import save
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from medrek.baselines import build_method
-from medrek.data import load_requests
-from medrek.editor import EditedModel, resolve_chat_template
-from medrek.evaluate import unedited_locality_predictions
-from medrek.evaluate.experiment import EvaluationSetup, evaluate_methods, records_path, split_label
-from medrek.evaluate.protocols import Protocol
-from medrek.evaluate.metrics import bootstrap_ci
-from medrek.models.registry import load_causal_lm
+from bench.common import machine  # noqa: E402
+from medrek.baselines import build_method  # noqa: E402
+from medrek.data import load_requests  # noqa: E402
+from medrek.editor import EditedModel, resolve_chat_template  # noqa: E402
+from medrek.evaluate import unedited_locality_predictions  # noqa: E402
+from medrek.evaluate.experiment import EvaluationSetup, evaluate_methods, records_path, split_label  # noqa: E402
+from medrek.evaluate.metrics import bootstrap_ci  # noqa: E402
+from medrek.evaluate.protocols import Protocol  # noqa: E402
+from medrek.io import write_json  # noqa: E402
+from medrek.models.registry import load_causal_lm  # noqa: E402
 
 CHECKPOINT = "checkpoints/small/medrek-lm-embedding"
 # lead -> EditorConfig settings changed at load (the committed editor: n_tokens 30, no exact match)
@@ -46,7 +50,7 @@ LEADS: dict[str, dict] = {
     "whole-text+exact+question": {"n_tokens": 518, "exact_match": True,
                                   "query_prefix": "Please provide an explanation for the following fact:"},
     # the committed editor's prompt encoder trained further on long synthetic and MedVersa edits
-    # (bench/long_edit_finetune.py; its retriever is the committed one, so IKE's rows are shared)
+    # (studies/long_edit_finetune.py; its retriever is the committed one, so IKE's rows are shared)
     "finetuned-long": {"checkpoint": "runs/long-edit-finetune/checkpoints/finetuned-long/final", "n_tokens": 518,
                        "exact_match": True},
     # the committed long-edit editor (notebook 02 with params/small-long-edits.yaml): its own config
@@ -141,6 +145,13 @@ def main() -> None:
                         "notes": "IKE uses the lead's retriever settings (n_tokens does not change IKE); "
                                  "edit_tokens_dropped is a total over the requests"})
     pd.DataFrame(rows).drop(columns=["settings"]).to_csv(Path(args.run_dir) / "long_edits.csv", index=False)
+
+
+def save(name: str, result: dict) -> Path:
+    """Write ``studies/results/<name>.json`` (with the machine facts) atomically."""
+    path = write_json(ROOT / "studies" / "results" / f"{name}.json", {"study": name, "machine": machine(), **result})
+    print(f"wrote {path}")
+    return path
 
 
 if __name__ == "__main__":

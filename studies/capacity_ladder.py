@@ -1,18 +1,18 @@
 """The capacity ladder: can T prompt tokens carry an edit, can the prompt encoder fit
 its training edits, does it carry unseen ones? One rung of one variant per call; every result
-is upserted into ``bench/results/capacity_ladder.json`` (keyed by rung, variant, n, steps).
+is upserted into ``studies/results/capacity_ladder.json`` (keyed by rung, variant, n, steps).
 
-    python bench/capacity_ladder.py ceiling --n 32 --steps 60
-    python bench/capacity_ladder.py seen --variant medrek --n 64 --steps 60
-    python bench/capacity_ladder.py unseen --variant medrek-lm-embedding --steps 300 --eval-n 100
-    python bench/capacity_ladder.py unseen --checkpoint runs/small/checkpoints/medrek-lm-embedding/best
+    python studies/capacity_ladder.py ceiling --n 32 --steps 60
+    python studies/capacity_ladder.py seen --variant medrek --n 64 --steps 60
+    python studies/capacity_ladder.py unseen --variant medrek-lm-embedding --steps 300 --eval-n 100
+    python studies/capacity_ladder.py unseen --checkpoint runs/small/checkpoints/medrek-lm-embedding/best
 
 ``--checkpoint`` measures an editor notebook 02 already trained (its step, steps and s/step come
 from the folder's ``trainer.json`` and the run's training log) instead of training one here.
 
 Variants are :class:`medrek.train.TrainConfig` overrides on the small params (SmolLM2-135M-
 Instruct + MiniLM-L6, key_dim 512, batch 8, constant lr 3e-4 after no warm-up, clip 1.0).
-``bench/render_ladder.py`` turns the JSON into the README's table.
+``studies/render_ladder.py`` turns the JSON into the README's table.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from medrek.models.registry import load_causal_lm  # noqa: E402
 from medrek.train import TrainConfig, Trainer  # noqa: E402
 from medrek.train.ladder import fit_free_prompts, measure_editor  # noqa: E402
 
-OUT = ROOT / "bench" / "results" / "capacity_ladder.json"
+OUT = ROOT / "studies" / "results" / "capacity_ladder.json"
 BASE = dict(lm="smollm2-135m", encoder="minilm-l6", key_dim=512, n_heads=8, batch_size=8, lr_encoder=3e-4,
             lr_prompt=3e-4, schedule="constant", grad_clip=1.0, progress=False, eval_every=0)
 VARIANTS: dict[str, dict] = {

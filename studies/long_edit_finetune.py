@@ -1,13 +1,13 @@
 """Does training on long targets let the working preset carry a long edit better than its text?
 
-    python bench/long_edit_finetune.py [--steps 80] [--run-dir runs/long-edit-finetune]
+    python studies/long_edit_finetune.py [--steps 80] [--run-dir runs/long-edit-finetune]
 
 Starts from the committed ``medrek-lm-embedding`` editor and trains its prompt encoder only (the
 learned frame and the residual over the edit's token embeddings; every retrieval loss weighted 0,
 so the retriever and its calibrated gate stay as committed) on a mix of MedVersa training edits
 and synthetic long edits (``medrek.data.synthetic``: 60-word targets from a fixed vocabulary, a
 seed of their own). MedFE is not read. The checkpoint it writes is then one lead of
-``bench/long_edits.py`` (``--leads finetuned-long``), evaluated on MedFE and MedVersa like the
+``studies/long_edits.py`` (``--leads finetuned-long``), evaluated on MedFE and MedVersa like the
 others. This is an experiment: the committed editor is not replaced by it.
 """
 
