@@ -399,3 +399,18 @@ def test_growth_figures_show_the_kits_probes_when_measured():
     assert plots.growth_metrics(probed) == ["efficacy", "generality", "locality/distinct", "locality/neighbour",
                                             "fired/distinct", "fired/neighbour"]
     assert all(m in plots.METRIC_LABELS for m in plots.growth_metrics(probed))
+
+
+def test_a_resumed_notebook_02_recognises_an_editor_it_already_staged(make_editor, tmp_path):
+    from dataclasses import asdict
+
+    from medrek.train.retriever import stage_already_applied
+
+    editor, stage = make_editor(), RetrievalStageConfig(verify_k=0)
+    log = tmp_path / "retrieval_stage_medrek.json"
+    assert not stage_already_applied(editor, log, stage)  # no earlier run
+    log.write_text(json.dumps({"stage": asdict(stage), "editor_fingerprint": editor.fingerprint()}))
+    assert stage_already_applied(editor, log, stage)
+    assert not stage_already_applied(editor, log, RetrievalStageConfig(verify_k=0, max_false_fire=0.1))  # other settings
+    editor.config.min_margin = 1.5  # another editor (e.g. retrained, or calibrated again)
+    assert not stage_already_applied(editor, log, stage)

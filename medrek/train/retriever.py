@@ -443,6 +443,19 @@ def _train_cross_encoder_verifier(verifier, train: Sequence[EditRecord], encoder
     return log
 
 
+def stage_already_applied(editor, log_path: str | Path, config: RetrievalStageConfig) -> bool:
+    """Whether ``editor`` is the one an earlier run of this stage saved: its log at ``log_path``
+    names the editor's fingerprint and the same settings. A resumed notebook 02 skips the gate
+    calibration and the stage for it rather than staging a staged editor twice."""
+    from ..io import read_json
+
+    log_path = Path(log_path)
+    if not log_path.exists():
+        return False
+    log = read_json(log_path)
+    return log.get("editor_fingerprint") == editor.fingerprint() and log.get("stage") == asdict(config)
+
+
 def stage_config(settings: Mapping[str, Any], where: str) -> RetrievalStageConfig:
     """``settings`` (a params mapping) as a :class:`RetrievalStageConfig`, unknown or mistyped
     fields refused by name (``where``: e.g. ``retrieval_stage.medrek-lm-embedding``)."""
