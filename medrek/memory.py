@@ -1,4 +1,4 @@
-"""EditMemory: stored edits, a FAISS inner-product index and the prototype-gated top-1 rule.
+"""EditMemory: stored edits, their keys and prompts, a FAISS inner-product index, and persistence.
 
 Each edit is stored as an id, its request, a key [d] and what makes its prompt: the prompt
 tokens [T, H] themselves (``prompt_store="vectors"``, computed once at insertion), or, for prompt
@@ -6,23 +6,13 @@ encoders whose prompt is a function of the edit's LM tokens (``medrek-lm-embeddi
 token ids alone (``prompt_store="token_ids"``: a few hundred bytes instead of T x H floats); the
 editor's ``build_prompts`` then makes the prompts of the rows that fired, at lookup time, each
 as long as its own edit. With the exact ``flat`` index the keys are held once, as a tensor
-searched by one matrix product; ``hnsw`` and ``ivf`` keep a FAISS index next to them. For a query q the score of a key is ``q . key / sqrt(d)`` (``score="dot"``, the
-paper's) or the cosine ``q . key / (|q| |key|)`` (``score="cosine"``: a key's norm cannot let it
-outrank a question's own key, and one threshold means the same for every key). The top-1 edit
-is used only if its score beats the prototype's score (computed the same way) and, when set, a
-minimum similarity and a minimum margin over the prototype. Otherwise nothing is retrieved and
-the LM runs exactly as unedited.
+searched by one matrix product; ``hnsw`` and ``ivf`` keep a FAISS index next to them.
 
-With ``verify_k`` > 0 and a ``verify`` function (the editor's
-:class:`~medrek.models.verifier.QuestionVerifier`), the top ``verify_k`` edits by score get a
-second look: the verifier reads the question with each stored prompt, the candidate it finds
-most likely to ask the same thing is taken, and it fires only if that probability reaches
-``min_verified`` (and the score gates above pass; ``prototype_gate=False`` drops the prototype
-comparison, for retrievers whose keys no longer live in the prototype's space).
-
-With ``exact_match``, a question identical to a stored edit's prompt once case and spacing are
-folded always retrieves that edit (the newest, if several edits share the prompt), whatever the
-scores: asking the edited question verbatim must never depend on the retriever.
+The memory finds each query's top keys by score (``q . key / sqrt(d)``, the paper's, or the
+cosine) and keeps the folded prompt of every edit for ``exact_match``; what fires among those
+candidates (the prototype gate, a minimum similarity or margin, the verifier's second look,
+exact match) is the retrieval policy's to decide: :mod:`medrek.retrieval`, one small object per
+gate. When nothing fires the LM runs exactly as unedited.
 
 An :class:`EditMemory` is safe to share between threads: every mutation and every lookup runs
 under one lock, so a reader sees the memory before or after a writer's ``add`` / ``remove``,
@@ -51,9 +41,11 @@ from safetensors.torch import save_file
 from .data.records import fold_question
 from .io import (CheckpointError, atomic_folder, file_sha256, folder_lock, read_checkpoint_meta, read_tensors,
                  recover_folder, writable, write_text)
+from .retrieval import Explanation, Lookup, Retrieval, RetrievalPolicy, Verify, unit_rows
 
 __all__ = ["MemoryConfig", "Retrieval", "Lookup", "Explanation", "EditMemory", "CheckpointError", "INDEX_KINDS",
-           "SCORES", "PROMPT_STORES", "TokenRows", "build_index", "search", "fold_question"]
+           "SCORES", "PROMPT_STORES", "TokenRows", "build_index", "search", "fold_question", "read_memory",
+           "write_memory"]
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 SCORES = ("dot", "cosine")
@@ -96,7 +88,6 @@ class MemoryConfig:
             raise ValueError(f"min_verified must be a probability in [0, 1], got {self.min_verified!r}")
 
 
-Verify = Callable[[Sequence[str], Sequence[str]], torch.Tensor]  # (questions, stored prompts) -> P(same) [B]
 BuildPrompts = Callable[[Sequence[torch.Tensor]], torch.Tensor]  # B edits' token ids -> prompt tokens [B, T, H]
 
 
@@ -135,11 +126,6 @@ class TokenRows:
         o = self.offsets
         if o.dim() != 1 or len(o) < 1 or int(o[0]) != 0 or int(o[-1]) != len(self.ids) or bool((o[1:] < o[:-1]).any()):
             raise CheckpointError(f"{where}: token offsets do not describe the stored token ids")
-
-
-def unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows of ``x`` [N, d] scaled to unit L2 norm (zero rows stay zero)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def build_index(config: MemoryConfig, keys: np.ndarray) -> faiss.Index:
@@ -199,55 +185,6 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     distances through BLAS (see ``_blas_distances``); -1 rows where fewer than k were found."""
     with _blas_distances():
         return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-
-
-@dataclass
-class Retrieval:
-    """Top-1 retrieval for a batch of queries; ``rows[i] == -1`` when nothing fires."""
-
-    rows: torch.Tensor  # [B] long, row of the retrieved edit or -1
-    top_rows: torch.Tensor  # [B] long, top-1 row whether or not it fired (-1 if memory empty)
-    scores: torch.Tensor  # [B] top-1 score (-inf if memory empty)
-    runner_up: torch.Tensor  # [B] second score (-inf if fewer than 2 edits)
-    prototype_scores: torch.Tensor  # [B]
-    exact: torch.Tensor | None = None  # [B] bool, the question equals the top-1 edit's prompt (exact_match)
-    verified: torch.Tensor | None = None  # [B] the verifier's probability for the top-1 (NaN: not verified)
-    # (EditMemory always sets both; None only in Retrievals built by hand)
-
-    @property
-    def fired(self) -> torch.Tensor:
-        return self.rows >= 0
-
-
-@dataclass
-class Lookup:
-    """Retrieval plus what the LM consumes, taken from one consistent state of the memory."""
-
-    retrieval: Retrieval
-    prompts: torch.Tensor  # [B, T, H], zeros where nothing fired
-    fired: torch.Tensor  # [B] bool
-    ids: list[str | None]  # the edit that fired, else None
-    requests: list[dict[str, Any] | None]  # its request, else None
-
-
-@dataclass
-class Explanation:
-    """Why an edit fired or did not, for one query."""
-
-    fired: bool
-    edit_id: str | None
-    top_edit_id: str | None
-    score: float
-    prototype_score: float
-    runner_up_score: float
-    min_similarity: float | None
-    request: dict[str, Any] | None
-    min_margin: float | None = None
-    exact_match: bool = False  # fired because the question equals the edit's prompt (folded)
-    score_kind: str = "dot"  # how score, prototype_score and runner_up_score were computed
-    verified: float = math.nan  # the verifier's probability that the question asks the top-1's prompt
-    reason: str = ""  # in words: why it fired, or which condition stopped it
-    blocked_by: tuple[str, ...] = ()  # the gates the top-1 failed, with numbers, e.g. "min_margin (1.23 < 2.05)"
 
 
 def content_sha256(meta: dict[str, Any]) -> str:
@@ -435,13 +372,6 @@ class EditMemory:
         with self._lock:
             return self._retrieve(queries, texts)
 
-    def _scale(self) -> float:
-        return 1.0 if self.config.score == "cosine" else 1.0 / math.sqrt(self.config.key_dim)
-
-    def _query_rows(self, queries: torch.Tensor) -> torch.Tensor:
-        q = queries.detach().float().cpu()
-        return unit_rows(q) if self.config.score == "cosine" else q
-
     def _exact_rows(self, texts: Sequence[str] | None, b: int) -> torch.Tensor:
         """[B] row of the stored edit whose prompt each text equals (folded), else -1."""
         if not self.config.exact_match or texts is None:
@@ -460,49 +390,14 @@ class EditMemory:
         return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
 
     def _retrieve(self, queries: torch.Tensor, texts: Sequence[str] | None = None) -> Retrieval:
-        q = self._query_rows(queries)
-        scale = self._scale()
-        proto_key = self.prototype_key
-        if self.config.score == "cosine":
-            proto_key = unit_rows(proto_key[None])[0]
-        proto = (q @ proto_key) * scale  # [B]
-        b = q.shape[0]
+        policy = self.policy
+        q = policy.query_rows(queries)  # [B, d]
+        proto = policy.prototype_scores(q, self.prototype_key)  # [B]
         if len(self) == 0:
-            none = torch.full((b,), -1, dtype=torch.long)
-            ninf = torch.full((b,), -math.inf)
-            return Retrieval(none, none.clone(), ninf, ninf.clone(), proto, torch.zeros(b, dtype=torch.bool),
-                             torch.full((b,), math.nan))
-        verifying = self.config.verify_k > 0
-        if verifying and (self.verify is None or texts is None):
-            raise ValueError("this memory verifies its top candidates (verify_k > 0): it needs the editor's verifier "
-                             "and the query texts (use Editor.retrieve / lookup, or pass texts and set memory.verify)")
-        k = min(max(2, self.config.verify_k), len(self))
-        sims, rows = self._top_k(q, k)  # [B, k]
-        sims = sims * scale
-        pick = torch.zeros(b, dtype=torch.long)
-        verified = torch.full((b,), math.nan)
-        if verifying:
-            kv = min(self.config.verify_k, len(self))
-            cand = rows[:, :kv]  # [B, kv]
-            probs = self.verify([t for t in texts for _ in range(kv)],
-                                [str(self.requests[int(j)].get("prompt", "")) if j >= 0 else "" for j in cand.flatten()])
-            probs = probs.reshape(b, kv).masked_fill(cand < 0, -1.0)
-            verified, pick = probs.max(1)
-        top = sims.gather(1, pick[:, None])[:, 0].clone()
-        top_rows = rows.gather(1, pick[:, None])[:, 0].clone()
-        runner = sims[:, 1] if k > 1 else torch.full((b,), -math.inf)
-        fire = top_rows >= 0
-        for passed in self._gates(top, proto, verified).values():
-            fire &= passed
-        exact_rows = self._exact_rows(texts, b)
-        exact = exact_rows >= 0
-        if bool(exact.any()):  # the asked question is a stored prompt: that edit, whatever the scores
-            keys = self._unit[exact_rows[exact]]
-            top[exact] = (q[exact] * keys).sum(-1) * scale
-            top_rows[exact] = exact_rows[exact]
-            verified = verified.masked_fill(exact, math.nan)  # not the verifier's pick: not verified
-            fire |= exact
-        return Retrieval(torch.where(fire, top_rows, -1), top_rows, top, runner, proto, exact, verified)
+            return policy.nothing(proto)
+        sims, rows = self._top_k(q, policy.candidates(len(self)))  # [B, k] raw scores and rows
+        return policy.decide(q, proto, sims, rows, texts, lambda row: str(self.requests[row].get("prompt", "")),
+                             self._exact_rows(texts, q.shape[0]), self._unit)
 
     def lookup(self, queries: torch.Tensor, texts: Sequence[str] | None = None) -> Lookup:
         """Retrieval for queries [B, d] (and their ``texts``, for ``exact_match``) with the
@@ -555,161 +450,110 @@ class EditMemory:
         text): what fired, the scores, and in ``reason`` which condition decided."""
         with self._lock:
             r = self._retrieve(query.reshape(1, -1), None if text is None else [text])
-            row, top = int(r.rows[0]), int(r.top_rows[0])
-            return Explanation(
-                fired=row >= 0,
-                edit_id=self.ids[row] if row >= 0 else None,
-                top_edit_id=self.ids[top] if top >= 0 else None,
-                score=float(r.scores[0]),
-                prototype_score=float(r.prototype_scores[0]),
-                runner_up_score=float(r.runner_up[0]),
-                min_similarity=self.config.min_similarity,
-                request=self.requests[row] if row >= 0 else None,
-                min_margin=self.config.min_margin,
-                exact_match=bool(r.exact[0]),
-                score_kind=self.config.score,
-                verified=float(r.verified[0]),
-                reason=self._reason(r),
-                blocked_by=self._blocked_by(r) if row < 0 and top >= 0 and not bool(r.exact[0]) else (),
-            )
+            return self.policy.explain(r, self.ids, self.requests)
 
-    def _gates(self, score: torch.Tensor, proto: torch.Tensor, verified: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each gate the configuration sets, by name: passed [B] bool, for top-1 scores,
-        prototype scores and verifier probabilities [B] (what fires and what ``explain`` names)."""
-        cfg, gates = self.config, {}
-        if cfg.prototype_gate:
-            gates["prototype"] = score > proto
-        if cfg.verify_k > 0:
-            gates["min_verified"] = verified >= cfg.min_verified
-        if cfg.min_similarity is not None:
-            gates["min_similarity"] = score >= cfg.min_similarity
-        if cfg.min_margin is not None:
-            gates["min_margin"] = score - proto >= cfg.min_margin
-        return gates
-
-    def _failed_gates(self, r: Retrieval) -> list[tuple[str, str, str]]:
-        """The gates the single query of ``r``'s top-1 failed: (gate, its numbers, in words)."""
-        cfg = self.config
-        score, proto, verified = float(r.scores[0]), float(r.prototype_scores[0]), float(r.verified[0])
-
-        def fmt(value: float | None) -> str:  # a gate's setting, None when that gate is off
-            return "off" if value is None else f"{value:.4f}"
-
-        texts = {"prototype": (f"score {score:.4f} <= prototype {proto:.4f}",
-                               f"score {score:.4f} does not beat the prototype's {proto:.4f}"),
-                 "min_verified": (f"{verified:.3f} < {cfg.min_verified:.3f}",
-                                  f"verifier's probability {verified:.3f} (the best of the top {cfg.verify_k}) is "
-                                  f"below min_verified {cfg.min_verified:.3f}"),
-                 "min_similarity": (f"{score:.4f} < {fmt(cfg.min_similarity)}",
-                                    f"score {score:.4f} is below min_similarity {fmt(cfg.min_similarity)}"),
-                 "min_margin": (f"lead over the prototype {score - proto:.4f} < {fmt(cfg.min_margin)}",
-                                f"margin over the prototype {score - proto:.4f} is below min_margin {fmt(cfg.min_margin)}")}
-        return [(gate, *texts[gate]) for gate, passed in self._gates(r.scores, r.prototype_scores, r.verified).items()
-                if not bool(passed[0])]
-
-    def _blocked_by(self, r: Retrieval) -> tuple[str, ...]:
-        """The gates the single query of ``r``'s top-1 failed, each with its numbers."""
-        return tuple(f"{gate} ({numbers})" for gate, numbers, _ in self._failed_gates(r))
-
-    def _reason(self, r: Retrieval) -> str:
-        """Why the single query of ``r`` fired, or which gates stopped it, in words."""
-        cfg = self.config
-        row, top = int(r.rows[0]), int(r.top_rows[0])
-        score, proto, verified = float(r.scores[0]), float(r.prototype_scores[0]), float(r.verified[0])
-        if top < 0:
-            return "nothing fired: the memory is empty"
-        name = f"edit {self.ids[top]!r}"
-        if bool(r.exact[0]):
-            return f"{name} fired: the question equals its prompt (case and spacing folded)"
-        if row >= 0:
-            extra = f", verifier {verified:.3f}" if cfg.verify_k > 0 else ""
-            return f"{name} fired: {cfg.score} score {score:.4f}, prototype {proto:.4f}{extra}, every gate passed"
-        return f"nothing fired: the top-1 is {name}, but its " + "; and its ".join(why for _, _, why in self._failed_gates(r))
+    @property
+    def policy(self) -> RetrievalPolicy:
+        """What fires (:mod:`medrek.retrieval`), under this memory's current config and verifier."""
+        return RetrievalPolicy(self.config, self.verify)
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], lock: bool = True) -> Path:
-        """Write the folder ``path``: ``memory.json`` (config, ids, requests, owner and the sha256
-        of ``memory.safetensors``) and ``memory.safetensors`` (keys, prompts or token ids and
-        offsets, prototype). Both
-        are written into a temporary folder that replaces ``path`` by renames, so a crash or an
-        error leaves the previous memory whole; values JSON cannot hold are refused first."""
-        path = Path(path)
-        with self._lock:
-            tensors = {"keys": self.keys.contiguous(), "prototype_key": self.prototype_key.contiguous()}
-            if self._token_store:
-                tensors.update(token_ids=self.token_rows.ids.contiguous(), token_offsets=self.token_rows.offsets.contiguous())
-            else:
-                tensors["prompts"] = self.prompts.contiguous()
-            meta = {"format": FORMAT, "config": asdict(self.config), "ids": list(self.ids),
-                    "requests": [dict(r) for r in self.requests], "owner": self.owner}
-            if self.lm_identity is not None:  # absent otherwise: memories saved before it keep their checksum
-                meta["lm_identity"] = self.lm_identity
-        try:
-            json.dumps(meta, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: a stored request cannot be saved as JSON ({exc}); nothing was written") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        guard = folder_lock(path.parent, f".{path.name}.lock") if lock else nullcontext()
-        with guard, atomic_folder(path) as tmp:
-            try:
-                save_file(tensors, str(tmp / "memory.safetensors"))
-            except Exception as exc:  # safetensors names no path (a full disk, a read-only folder)
-                raise OSError(f"{path}: the memory could not be written ({exc}); the previous version, if any, "
-                              "is untouched") from exc
-            meta["tensors_sha256"] = file_sha256(tmp / "memory.safetensors")
-            meta["content_sha256"] = content_sha256(meta)
-            write_text(tmp / "memory.json", json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-        self.content_sha256 = meta["content_sha256"]
-        return path
+        """Write the folder ``path`` in one step (:func:`write_memory`)."""
+        return write_memory(self, path, lock)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, key_dim: int | None = None,
              n_tokens: int | None = None, lm_hidden: int | None = None) -> "EditMemory":
-        """Load a saved memory folder; its tensors must match the checksum in its JSON, and
-        optional expected sizes are checked against the file."""
-        path = Path(path)
-        lock = folder_lock(path.parent, f".{path.name}.lock") if writable(path.parent) else nullcontext()
-        with lock:  # a save of this memory running in another thread or process keeps its temporary folder
-            path = recover_folder(path)  # a save interrupted between its renames
-        meta_path, tensor_path = path / "memory.json", path / "memory.safetensors"
-        if not path.is_dir() and path.with_suffix(".json").exists():
-            raise CheckpointError(f"{path.with_suffix('.json')}: an edit memory saved by an older medrek-kit (two loose "
-                                  "files, no checksum); load it with that version and save it again")
-        meta = read_checkpoint_meta(meta_path, FORMAT, "edit memory")
-        check_memory_meta(meta, meta_path)
-        config = MemoryConfig(**meta["config"])
-        for name, want in (("key_dim", key_dim), ("n_tokens", n_tokens), ("lm_hidden", lm_hidden)):
-            if want is not None and getattr(config, name) != want:
-                raise CheckpointError(f"{meta_path}: {name} is {getattr(config, name)}, the model needs {want}")
-        if not tensor_path.exists():
-            raise CheckpointError(f"{tensor_path}: missing (its pair {meta_path} exists)")
-        if file_sha256(tensor_path) != meta.get("tensors_sha256"):
-            raise CheckpointError(f"{tensor_path}: sha256 differs from the one recorded in {meta_path}: "
-                                  "the two files are not one saved memory")
-        tensors = read_tensors(tensor_path)
-        memory = cls(config, tensors["prototype_key"])
-        n = len(meta["ids"])
-        if config.prompt_store == "token_ids":
-            names = ("keys", "token_ids", "token_offsets")
-            shapes_ok = tensors.get("token_offsets", torch.zeros(0)).shape == (n + 1,)
+        """Load a saved memory folder (:func:`read_memory`)."""
+        return read_memory(path, key_dim=key_dim, n_tokens=n_tokens, lm_hidden=lm_hidden)
+
+
+# ---- persistence ---------------------------------------------------------------------------
+def write_memory(memory: EditMemory, path: str | os.PathLike[str], lock: bool = True) -> Path:
+    """Write the folder ``path``: ``memory.json`` (config, ids, requests, owner and the sha256
+    of ``memory.safetensors``) and ``memory.safetensors`` (keys, prompts or token ids and
+    offsets, prototype). Both
+    are written into a temporary folder that replaces ``path`` by renames, so a crash or an
+    error leaves the previous memory whole; values JSON cannot hold are refused first."""
+    path = Path(path)
+    with memory._lock:
+        tensors = {"keys": memory.keys.contiguous(), "prototype_key": memory.prototype_key.contiguous()}
+        if memory._token_store:
+            tensors.update(token_ids=memory.token_rows.ids.contiguous(),
+                           token_offsets=memory.token_rows.offsets.contiguous())
         else:
-            names = ("keys", "prompts")
-            shapes_ok = tensors.get("prompts", torch.zeros(0)).shape == (n, config.n_tokens, config.lm_hidden)
-        missing = [name for name in names if name not in tensors]
-        if missing:
-            raise CheckpointError(f"{tensor_path}: tensor(s) {missing} missing for prompt_store {config.prompt_store!r}")
-        if tensors["keys"].shape != (n, config.key_dim) or not shapes_ok:
-            raise CheckpointError(f"{tensor_path}: tensor shapes do not match {meta_path}")
-        memory.ids, memory.requests = list(meta["ids"]), list(meta["requests"])
-        memory._rows = {i: r for r, i in enumerate(memory.ids)}
-        memory.keys = tensors["keys"]
-        if config.prompt_store == "token_ids":
-            memory.token_rows = TokenRows(tensors["token_ids"].to(torch.int32), tensors["token_offsets"].long())
-            memory.token_rows.check(str(tensor_path))
-        else:
-            memory.prompts = tensors["prompts"]
-        memory.owner = meta.get("owner")
-        memory.lm_identity = meta.get("lm_identity")
-        memory.content_sha256 = meta.get("content_sha256")
-        memory._rebuild()
-        return memory
+            tensors["prompts"] = memory.prompts.contiguous()
+        meta = {"format": FORMAT, "config": asdict(memory.config), "ids": list(memory.ids),
+                "requests": [dict(r) for r in memory.requests], "owner": memory.owner}
+        if memory.lm_identity is not None:  # absent otherwise: memories saved before it keep their checksum
+            meta["lm_identity"] = memory.lm_identity
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: a stored request cannot be saved as JSON ({exc}); nothing was written") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    guard = folder_lock(path.parent, f".{path.name}.lock") if lock else nullcontext()
+    with guard, atomic_folder(path) as tmp:
+        try:
+            save_file(tensors, str(tmp / "memory.safetensors"))
+        except Exception as exc:  # safetensors names no path (a full disk, a read-only folder)
+            raise OSError(f"{path}: the memory could not be written ({exc}); the previous version, if any, "
+                          "is untouched") from exc
+        meta["tensors_sha256"] = file_sha256(tmp / "memory.safetensors")
+        meta["content_sha256"] = content_sha256(meta)
+        write_text(tmp / "memory.json", json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    memory.content_sha256 = meta["content_sha256"]
+    return path
+
+
+def read_memory(path: str | os.PathLike[str], *, key_dim: int | None = None, n_tokens: int | None = None,
+                lm_hidden: int | None = None) -> EditMemory:
+    """Load a saved memory folder; its tensors must match the checksum in its JSON, and
+    optional expected sizes are checked against the file."""
+    path = Path(path)
+    lock = folder_lock(path.parent, f".{path.name}.lock") if writable(path.parent) else nullcontext()
+    with lock:  # a save of this memory running in another thread or process keeps its temporary folder
+        path = recover_folder(path)  # a save interrupted between its renames
+    meta_path, tensor_path = path / "memory.json", path / "memory.safetensors"
+    if not path.is_dir() and path.with_suffix(".json").exists():
+        raise CheckpointError(f"{path.with_suffix('.json')}: an edit memory saved by an older medrek-kit (two loose "
+                              "files, no checksum); load it with that version and save it again")
+    meta = read_checkpoint_meta(meta_path, FORMAT, "edit memory")
+    check_memory_meta(meta, meta_path)
+    config = MemoryConfig(**meta["config"])
+    for name, want in (("key_dim", key_dim), ("n_tokens", n_tokens), ("lm_hidden", lm_hidden)):
+        if want is not None and getattr(config, name) != want:
+            raise CheckpointError(f"{meta_path}: {name} is {getattr(config, name)}, the model needs {want}")
+    if not tensor_path.exists():
+        raise CheckpointError(f"{tensor_path}: missing (its pair {meta_path} exists)")
+    if file_sha256(tensor_path) != meta.get("tensors_sha256"):
+        raise CheckpointError(f"{tensor_path}: sha256 differs from the one recorded in {meta_path}: "
+                              "the two files are not one saved memory")
+    tensors = read_tensors(tensor_path)
+    memory = EditMemory(config, tensors["prototype_key"])
+    n = len(meta["ids"])
+    if config.prompt_store == "token_ids":
+        names = ("keys", "token_ids", "token_offsets")
+        shapes_ok = tensors.get("token_offsets", torch.zeros(0)).shape == (n + 1,)
+    else:
+        names = ("keys", "prompts")
+        shapes_ok = tensors.get("prompts", torch.zeros(0)).shape == (n, config.n_tokens, config.lm_hidden)
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise CheckpointError(f"{tensor_path}: tensor(s) {missing} missing for prompt_store {config.prompt_store!r}")
+    if tensors["keys"].shape != (n, config.key_dim) or not shapes_ok:
+        raise CheckpointError(f"{tensor_path}: tensor shapes do not match {meta_path}")
+    memory.ids, memory.requests = list(meta["ids"]), list(meta["requests"])
+    memory._rows = {i: r for r, i in enumerate(memory.ids)}
+    memory.keys = tensors["keys"]
+    if config.prompt_store == "token_ids":
+        memory.token_rows = TokenRows(tensors["token_ids"].to(torch.int32), tensors["token_offsets"].long())
+        memory.token_rows.check(str(tensor_path))
+    else:
+        memory.prompts = tensors["prompts"]
+    memory.owner = meta.get("owner")
+    memory.lm_identity = meta.get("lm_identity")
+    memory.content_sha256 = meta.get("content_sha256")
+    memory._rebuild()
+    return memory

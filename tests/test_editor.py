@@ -192,7 +192,7 @@ def test_an_edit_its_own_prompt_does_not_fire_is_named(make_editor):
 
     blocked = make_editor(min_similarity=1e9)  # no score reaches this gate
     with pytest.warns(EditNotRetrievedWarning, match=r"3 of 3 edits do not fire on their own prompt: .*"
-                                                     r"min_similarity \(-?\d+\.\d{4} < 1000000000\.0000\)"):
+                                                     r"min_similarity \(-?\d+\.\d{4} < 1e\+09\)"):
         blocked.edit(REQUESTS)
     with warnings.catch_warnings():
         warnings.simplefilter("error", EditNotRetrievedWarning)

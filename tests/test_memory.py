@@ -130,3 +130,22 @@ def test_incompatible_or_foreign_files_are_refused(tmp_path):
     (tmp_path / "m" / "memory.safetensors").write_bytes(b"\x80\x04\x95 pickle bytes, not safetensors")
     with pytest.raises(CheckpointError, match="sha256 differs"):
         EditMemory.load(tmp_path / "m")
+
+
+def test_the_policy_builds_one_gate_per_setting_in_explanation_order():
+    import torch
+
+    from medrek.memory import MemoryConfig
+    from medrek.retrieval import MarginGate, PrototypeGate, SimilarityGate, VerifierGate, gates_for
+
+    config = MemoryConfig(key_dim=4, n_tokens=1, lm_hidden=2)
+    assert [g.name for g in gates_for(config)] == ["prototype"]
+    config = MemoryConfig(key_dim=4, n_tokens=1, lm_hidden=2, verify_k=3, min_verified=0.9, min_similarity=0.5,
+                          min_margin=0.2, prototype_gate=False)
+    gates = gates_for(config)
+    assert gates == [VerifierGate(0.9, 3), SimilarityGate(0.5), MarginGate(0.2)]
+    score, proto, verified = torch.tensor([0.6, 0.6, 0.4]), torch.tensor([0.3, 0.5, 0.0]), torch.tensor([0.95, 0.95, 0.99])
+    assert [g.passed(score, proto, verified).tolist() for g in gates] == [[True, True, True], [True, True, False],
+                                                                         [True, False, True]]
+    assert PrototypeGate().passed(score, proto, verified).tolist() == [True, True, True]
+    assert MarginGate(0.2).numbers(0.6, 0.5, 0.95) == "lead over the prototype 0.1000 < 0.2"
