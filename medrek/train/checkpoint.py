@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 from safetensors.torch import save_file
 
-from ..io import atomic_folder, read_checkpoint_meta, read_tensors, recover_folder, write_json
+from ..io import CheckpointError, atomic_folder, read_checkpoint_meta, read_tensors, recover_folder, write_json
 
-__all__ = ["save_training_checkpoint", "load_training_state", "optimizer_tensors", "restore_optimizer"]
+__all__ = ["save_training_checkpoint", "load_training_state", "optimizer_tensors", "restore_optimizer", "check_resumable",
+           "init_fingerprint"]
 
 FORMAT = "medrek.TrainerState/1"
 
@@ -66,3 +67,35 @@ def load_training_state(folder: str | os.PathLike[str]) -> tuple[dict[str, torch
     folder = recover_folder(folder)  # a save interrupted between its renames
     meta = read_checkpoint_meta(folder / "trainer.json", FORMAT, "training checkpoint")
     return read_tensors(folder / "trainer.safetensors"), meta
+
+
+def check_resumable(folder: Path, meta: Mapping[str, Any], config: Mapping[str, Any], defaults: Mapping[str, Any],
+                    may_change: Collection[str], data: Mapping[str, Any]) -> None:
+    """Refuse to resume from the checkpoint ``folder`` (its ``trainer.json`` is ``meta``) with
+    another training ``config`` (fields outside ``may_change``; a field newer than the
+    checkpoint counts as its default in ``defaults``) or on other ``data``, naming the fields."""
+    saved = {**defaults, **meta["config"]}
+    diff = sorted(k for k in config if k not in may_change and saved[k] != config[k])
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {config[k]!r}" for k in diff[:5])
+        raise CheckpointError(f"{folder}: checkpoint from another training config ({details})")
+    saved_data = meta.get("data") or {}  # absent in checkpoints older than this check
+    diff = sorted(k for k in saved_data if saved_data[k] != data.get(k))
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {saved_data[k]!r} vs now {data.get(k)!r}" for k in diff)
+        raise CheckpointError(f"{folder}: checkpoint trained on other data ({details}); resume with the data "
+                              "it was trained on, or start a new run (resume: false or another run_dir)")
+
+
+def init_fingerprint(folder: Path, config: Any, must_match: Sequence[str]) -> str:
+    """The fingerprint of the saved editor at ``folder`` a run starts from (``init_from``),
+    refused by field if it differs from ``config`` in any of ``must_match``."""
+    from ..editor import check_weights, checkpoint_fingerprint, read_editor_config
+
+    meta, saved = read_editor_config(folder)
+    check_weights(folder, meta)  # a corrupt file is refused here, as Editor.load refuses it
+    diff = [f"{k}: {getattr(saved, k)!r} vs {getattr(config, k)!r}" for k in must_match
+            if getattr(saved, k) != getattr(config, k)]
+    if diff:
+        raise CheckpointError(f"{folder}: init_from an editor of another kind ({'; '.join(diff)})")
+    return checkpoint_fingerprint(folder)

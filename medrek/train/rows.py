@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from ..data.records import EditRecord
 from ..editor import EditedModel, PairBatch
 from ..evaluate.metrics import prediction_positions
+from ..methods import edit_text
 
-__all__ = ["TokenRows", "TrainingRows", "LocalityReference"]
+__all__ = ["TokenRows", "TrainingRows", "LocalityReference", "warm_feature_cache"]
 
 
 @dataclass
@@ -119,3 +120,18 @@ class LocalityReference:
         total = int(counts.sum())
         first = torch.repeat_interleave(starts - (counts.cumsum(0) - counts), counts)  # [total]
         return self.hidden[first + torch.arange(total, device=first.device)]
+
+
+def warm_feature_cache(encoder, records: Sequence[EditRecord], valid_size: int) -> None:
+    """Pooled features of every training text of ``records`` in ``encoder``'s cache, computed
+    once in one fixed order (a frozen backbone: the retrieval side then costs only the heads).
+    The cache is made to hold them all and ``valid_size`` validation records' texts: otherwise
+    its least-recently-used eviction would recompute features every epoch."""
+    texts = set()
+    for r in records:
+        texts.update([r.prompt, r.rephrase, edit_text(r.prompt, r.target_new)])
+        texts.update(p.prompt for p in r.locality.values())
+    ordered = sorted(texts, key=lambda t: (len(t), t))
+    encoder.cache_capacity = max(encoder.cache_capacity, len(ordered) + 8 * valid_size)
+    for start in range(0, len(ordered), 256):
+        encoder.features(ordered[start: start + 256])

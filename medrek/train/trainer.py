@@ -1,21 +1,16 @@
 """The trainer: MedREK's objective for every method preset, with validation and resumable runs.
 
-One step on a batch of B edit records (LM frozen; heads, prototype and prompt encoder trained):
-
-* retrieval terms (``losses.contrastive_q1`` / ``prototype_q2`` / ``locality_q3``) on keys
-  ``K`` (per the method preset), the prototype key and queries drawn per record from
-  {prompt, rephrase};
-* edit terms: the batch's prompt tokens prepended, hinge-masked NLL of ``target_new`` after the
-  prompt (``edit_rel``) and after the rephrase (``edit_gen``);
-* locality: KL(pre-edit || with the record's prompt tokens) on the locality answer positions.
-
-All LM rows of a step (prompt, rephrase and locality probes) go through one batched forward.
-Every training record's rows are tokenised once (``rows.TrainingRows``) and the unedited LM's
-states on every locality answer are computed once (``rows.LocalityReference``), so a step does no
-tokenisation; with a frozen encoder backbone the pooled features of every training text are
-computed once too, so the retrieval side costs only the heads. ``precision: bf16`` runs the LM
-under autocast (trained parts stay fp32); ``group`` (``parallel.ProcessGroup``) shards the LM rows
-over processes started by ``accelerate launch`` (``medrek.train.distributed``).
+One step on a batch of B edit records (LM frozen; heads, prototype and prompt encoder trained)
+computes every loss term (:class:`~medrek.train.objective.Objective`: the retrieval terms q1-q3,
+the edit terms and locality, all LM rows in one batched forward) and takes one Adam step, then
+``retrieval_steps`` steps on the retrieval terms alone. Every training record's rows are
+tokenised once (``rows.TrainingRows``) and, with a frozen encoder backbone, the pooled features
+of every training text are computed once (``rows.warm_feature_cache``). Validation selects the
+best checkpoint (``select``); checkpoints (``checkpoint.py``) hold weights, optimizer, RNG and
+data position, so a killed run resumes where it stopped and refuses another config or other
+data. ``precision: bf16`` runs the LM under autocast (trained parts stay fp32); ``group``
+(``parallel.ProcessGroup``) shards the LM rows over processes started by ``accelerate launch``
+(``medrek.train.distributed``).
 """
 
 from __future__ import annotations
@@ -25,7 +20,6 @@ import math
 import os
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,15 +29,14 @@ import torch
 
 from ..data.records import EditRecord, records_sha256
 from ..config import check_fields
-from ..editor import Editor, EditorConfig, check_weights, checkpoint_fingerprint, read_editor_config
+from ..editor import Editor, EditorConfig
 from ..evaluate.editing import evaluate_batch_edit, unedited_locality_predictions
-from ..evaluate.metrics import prediction_positions
-from ..io import CheckpointError, read_tensors, recover_folder
-from ..methods import edit_text
-from . import losses
-from .checkpoint import load_training_state, restore_optimizer, save_training_checkpoint
+from ..io import read_tensors, recover_folder
+from .checkpoint import (check_resumable, init_fingerprint, load_training_state, restore_optimizer,
+                         save_training_checkpoint)
+from .objective import Objective
 from .parallel import SingleProcess
-from .rows import LocalityReference, TrainingRows
+from .rows import TrainingRows, warm_feature_cache
 
 __all__ = ["TrainConfig", "Trainer", "LOSS_TERMS", "PRECISIONS", "SELECTIONS", "selectable", "records_from_parameters",
            "init_from_parameters", "method_configs", "configs_from_parameters",
@@ -224,12 +217,16 @@ class Trainer:
         self.data = {**dict(data or {}), "train_records": len(self.train_records),
                      "train_sha256": records_sha256(self.train_records)}
         self.run_dir = Path(run_dir)
+        self.last_checkpoint = self.run_dir / "checkpoints" / self.name / "last"  # resumable
+        self.best_checkpoint = self.run_dir / "checkpoints" / self.name / "best"  # the selected editor
+        self.log_path = self.run_dir / "metrics" / f"train_log_{self.name}.csv"
+        self.valid_log_path = self.run_dir / "metrics" / f"train_valid_{self.name}.csv"
         self.group = group or SingleProcess()
         self.synchronize_timings = False  # wait for the GPU at each phase boundary (bench/train_gpu.py)
         self.editor = Editor.build(config.editor_config(), seed=config.seed, device=config.device, lm=lm)
         self.init_from = Path(init_from) if init_from is not None else None
         if self.init_from is not None:
-            self.data["init_from"] = self._check_init(self.init_from)
+            self.data["init_from"] = init_fingerprint(self.init_from, config, INIT_MUST_MATCH)
         self.editor.model.eval()
         self.editor.encoder.backbone.train(config.train_backbone)
         order = torch.randperm(len(valid_records), generator=torch.Generator().manual_seed(config.seed + 1))
@@ -246,38 +243,10 @@ class Trainer:
         self.permutation = self._new_permutation()
         self.best_avg = -math.inf
         self._valid_reference: dict[str, list[torch.Tensor]] | None = None
-        self._index_of = {id(r): i for i, r in enumerate(self.train_records)}
         self.rows = TrainingRows(self.editor.model, self.train_records, self.editor.model.device)
-        self._reference: LocalityReference | None = None  # computed at the first step
-        self._precompute_features()
-
-    def _check_init(self, folder: Path) -> str:
-        """The fingerprint of the editor at ``folder``, refused by field if it cannot start this run."""
-        meta, saved = read_editor_config(folder)
-        check_weights(folder, meta)  # a corrupt file is refused here, as Editor.load refuses it
-        ours = self.config
-        diff = [f"{k}: {getattr(saved, k)!r} vs {getattr(ours, k)!r}" for k in INIT_MUST_MATCH
-                if getattr(saved, k) != getattr(ours, k)]
-        if diff:
-            raise CheckpointError(f"{folder}: init_from an editor of another kind ({'; '.join(diff)})")
-        return checkpoint_fingerprint(folder)
-
-    # ---- paths -----------------------------------------------------------------------------
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.run_dir / "checkpoints" / self.name / "last"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.run_dir / "checkpoints" / self.name / "best"
-
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "metrics" / f"train_log_{self.name}.csv"
-
-    @property
-    def valid_log_path(self) -> Path:
-        return self.run_dir / "metrics" / f"train_valid_{self.name}.csv"
+        self.objective = Objective(config, self.editor, self.train_records, self.rows, self.group)
+        if not config.train_backbone:  # a frozen backbone: every training text's features once
+            warm_feature_cache(self.editor.encoder, self.train_records, len(self.valid_records))
 
     # ---- data --------------------------------------------------------------------------------
     def _new_permutation(self) -> torch.Tensor:
@@ -293,132 +262,14 @@ class Trainer:
         self.position += B
         return [self.train_records[int(i)] for i in rows]
 
-    def _indices(self, batch: Sequence[EditRecord]) -> torch.Tensor:
-        """Positions of ``batch``'s records among the training records (their pre-tokenised rows)."""
-        try:
-            return torch.tensor([self._index_of[id(r)] for r in batch])
-        except KeyError:
-            raise ValueError("compute_losses takes records of this trainer's train_records "
-                             "(their LM rows are tokenised when the trainer starts)") from None
-
-    def _autocast(self):
-        """bf16 autocast for the LM forward when ``precision`` is bf16."""
-        if self.config.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(device_type=self.editor.model.device.type, dtype=torch.bfloat16)
-
-    @property
-    def reference(self) -> LocalityReference | None:
-        """The unedited LM's states on every training locality answer (None: LMs whose logits
-        are not a plain projection, which get a batched unedited forward per step instead)."""
-        if self._reference is None and self.editor.model._plain_head:
-            self._reference = LocalityReference.compute(self.editor.model, self.rows, autocast=self._autocast())
-        return self._reference
-
-    def _precompute_features(self) -> None:
-        """Pooled features of every training text, in one fixed order (frozen backbone only)."""
-        if self.config.train_backbone:
-            return
-        texts = set()
-        for r in self.train_records:
-            texts.update([r.prompt, r.rephrase, edit_text(r.prompt, r.target_new)])
-            texts.update(p.prompt for p in r.locality.values())
-        ordered = sorted(texts, key=lambda t: (len(t), t))
-        # the cache must hold every training text (and the validation subset's): otherwise its
-        # least-recently-used eviction would recompute features every epoch
-        encoder = self.editor.encoder
-        encoder.cache_capacity = max(encoder.cache_capacity, len(ordered) + 8 * len(self.valid_records))
-        for start in range(0, len(ordered), 256):
-            encoder.features(ordered[start: start + 256])
-
-    # ---- the objective -------------------------------------------------------------------------
+    # ---- the objective (medrek.train.objective) -----------------------------------------------
     def compute_losses(self, batch: Sequence[EditRecord]) -> dict[str, torch.Tensor]:
         """Every loss term for one batch (each a scalar tensor attached to the graph)."""
-        keys, prompt_tokens = self.editor.encode_edits([r.prompt for r in batch], [r.target_new for r in batch])
-        out = self.retrieval_losses(batch, keys, self.generator)
-        out.update(self.edit_losses(batch, prompt_tokens))
-        return out
-
-    def retrieval_losses(self, batch: Sequence[EditRecord], keys: torch.Tensor,
-                         generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """q1, q2, q3 for a batch with edit keys [B, d] (only the heads and prototype are involved)."""
-        cfg, editor = self.config, self.editor
-        prompts = [r.prompt for r in batch]
-        rephrases = [r.rephrase for r in batch]
-        proto = editor.encoder.prototype_key()  # [d]
-        pick = torch.randint(0, 2, (len(batch),), generator=generator)
-        q1_texts = [(p, r)[int(c)] for p, r, c in zip(prompts, rephrases, pick)]
-        q2_texts = [(r, p)[int(c)] for p, r, c in zip(prompts, rephrases, pick)]
-        out = {
-            "q1": losses.contrastive_q1(editor.encoder.query(q1_texts), keys, proto, cfg.temperature_query_key),
-            "q2": losses.prototype_q2(editor.encoder.query(q2_texts), keys, proto,
-                                      cfg.temperature_query_prototype, cfg.contrastive_hinge),
-        }
-        probe_names = list(batch[0].locality)
-        out["q3"] = sum(
-            losses.locality_q3(editor.encoder.query([r.locality[n].prompt for r in batch]), keys, proto,
-                               cfg.temperature_query_prototype, cfg.contrastive_hinge)
-            for n in probe_names
-        )
-        return out
+        return self.objective.losses(batch, self.generator)
 
     def edit_losses(self, batch: Sequence[EditRecord], prompt_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """edit_rel, edit_gen and locality with the batch's prompt tokens [B, T, H] prepended.
-
-        One LM pass for all rows: prompt+target, rephrase+target, each locality probe, built
-        from the pre-tokenised rows. With several processes, this one computes the rows of its
-        shard of the records and its share of each token mean (see ``parallel``).
-        """
-        cfg, model, group = self.config, self.editor.model, self.group
-        local = group.shard(len(batch))  # [b] positions in the batch
-        idx = self._indices(batch)[local]
-        B, n_probes = len(idx), len(self.rows.probes)
-        pairs = self.rows.batch(idx)
-        positions = prediction_positions(pairs.target_mask)  # [R, L]
-        rows = positions.nonzero()[:, 0]  # [N] row of each prediction position
-        labels = pairs.input_ids[:, 1:][pairs.target_mask[:, 1:]]  # [N]
-        all_prompts = prompt_tokens[local.to(prompt_tokens.device)].repeat(2 + n_probes, 1, 1)  # row j: record j % B
-        fired = torch.ones(len(all_prompts), dtype=torch.bool, device=model.device)
-        rel, gen, loc = rows < B, (rows >= B) & (rows < 2 * B), rows >= 2 * B  # [N] masks
-        with self._autocast():
-            logits = model.forward_bucketed(pairs.input_ids, pairs.attention_mask, all_prompts, fired,
-                                            positions, rows_per_chunk=cfg.rows_per_chunk)
-            pre = self._unedited_logits(idx, pairs, positions, range(2 * B, (2 + n_probes) * B))
-        post = logits[loc]
-        probe_of = (rows[loc] - 2 * B) // B  # which probe each locality position belongs to
-        if group.world_size == 1:  # the token means of the objective, as the paper writes them
-            return {"edit_rel": losses.hinge_token_nll(logits[rel], labels[rel], cfg.edit_hinge),
-                    "edit_gen": losses.hinge_token_nll(logits[gen], labels[gen], cfg.edit_hinge),
-                    "locality": sum(losses.locality_kl(pre[probe_of == k], post[probe_of == k])
-                                    for k in range(n_probes))}
-        out = {"edit_rel": self._global_mean(*losses.hinge_token_nll_sum(logits[rel], labels[rel], cfg.edit_hinge)),
-               "edit_gen": self._global_mean(*losses.hinge_token_nll_sum(logits[gen], labels[gen], cfg.edit_hinge))}
-        out["locality"] = sum(self._global_mean(*losses.locality_kl_sum(pre[probe_of == k], post[probe_of == k]))
-                              for k in range(n_probes))
-        return out
-
-    def _global_mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """This process's share of a mean over every process's items: ``total`` / the global
-        count, times the world size (gradients are then averaged over processes)."""
-        everywhere = self.group.sum(count.float())
-        return total / everywhere.clamp_min(1) * self.group.world_size
-
-    @torch.no_grad()
-    def _unedited_logits(self, idx: torch.Tensor, pairs, positions: torch.Tensor,
-                         row_ids: Sequence[int]) -> torch.Tensor:
-        """Unedited logits at the locality prediction positions of records ``idx`` (rows
-        ``row_ids`` of ``pairs``), probe by probe: projected from the states computed once
-        (``reference``), or a batched forward for LMs without a plain output projection."""
-        model = self.editor.model
-        if self.reference is None:
-            rows = list(row_ids)
-            return model(pairs.input_ids[rows], pairs.attention_mask[rows], positions=positions[rows])
-        return model.project(self.reference.gather(idx))
-
-    def _weights(self) -> dict[str, float]:
-        c = self.config
-        return {"q1": c.weight_q1, "q2": c.weight_q2, "q3": c.weight_q3, "edit_rel": c.weight_edit_rel,
-                "edit_gen": c.weight_edit_gen, "locality": c.weight_locality}
+        """edit_rel, edit_gen and locality with the batch's prompt tokens [B, T, H] prepended."""
+        return self.objective.edit_losses(batch, prompt_tokens)
 
     def _lr_factor(self, step: int) -> float:
         cfg = self.config
@@ -444,10 +295,10 @@ class Trainer:
             group["lr"] = lr * factor
         t0 = self._clock()
         batch = self._next_batch()
-        _ = self.reference  # computed once, at the first step (counted as that step's data)
+        _ = self.objective.reference  # computed once, at the first step (counted as that step's data)
         t1 = self._clock()
         terms = self.compute_losses(batch)
-        weights = self._weights()
+        weights = self.objective.weights()
         total = sum(weights[k] * v for k, v in terms.items())
         t2 = self._clock()
         self.optimizer.zero_grad(set_to_none=True)
@@ -481,8 +332,8 @@ class Trainer:
         rows = torch.randperm(len(self.train_records), generator=self.retrieval_generator)[: self.config.batch_size]
         batch = [self.train_records[int(i)] for i in rows]
         keys = self.editor.edit_keys([r.prompt for r in batch], [r.target_new for r in batch])
-        terms = self.retrieval_losses(batch, keys, self.retrieval_generator)
-        weights = self._weights()
+        terms = self.objective.retrieval_losses(batch, keys, self.retrieval_generator)
+        weights = self.objective.weights()
         self.optimizer.zero_grad(set_to_none=True)
         sum(weights[k] * v for k, v in terms.items()).backward()
         self.group.average_gradients(self._trained_parameters())  # equal already; kept equal on GPUs too
@@ -509,19 +360,7 @@ class Trainer:
     def resume_from(self, folder: Path) -> None:
         """Restore weights, optimizer, RNG and data position from a checkpoint of the same config."""
         tensors, meta = load_training_state(folder)
-        defaults = asdict(TrainConfig())  # a key newer than the checkpoint counts as its default
-        saved = {**defaults, **meta["config"]}
-        ours = asdict(self.config)
-        diff = sorted(k for k in ours if k not in RESUMABLE_CHANGES and saved[k] != ours[k])
-        if diff:
-            details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {ours[k]!r}" for k in diff[:5])
-            raise CheckpointError(f"{folder}: checkpoint from another training config ({details})")
-        saved_data = meta.get("data") or {}  # absent in checkpoints older than this check
-        diff = sorted(k for k in saved_data if saved_data[k] != self.data.get(k))
-        if diff:
-            details = ", ".join(f"{k}: checkpoint {saved_data[k]!r} vs now {self.data.get(k)!r}" for k in diff)
-            raise CheckpointError(f"{folder}: checkpoint trained on other data ({details}); resume with the data "
-                                  "it was trained on, or start a new run (resume: false or another run_dir)")
+        check_resumable(folder, meta, asdict(self.config), asdict(TrainConfig()), RESUMABLE_CHANGES, self.data)
         self.editor.load_weights(read_tensors(folder / "editor.safetensors"), str(folder / "editor.safetensors"))
         restore_optimizer(self.optimizer, tensors, meta["optimizer"])
         self.generator.set_state(tensors["generator"])
