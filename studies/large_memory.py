@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from medrek import Editor  # noqa: E402
 from medrek.baselines import build_method  # noqa: E402
-from medrek.config import repo_path  # noqa: E402
+from medrek.config import load_params, repo_path  # noqa: E402
 from medrek.data.loaders import load_split  # noqa: E402
 from medrek.editor import EditedModel, resolve_chat_template  # noqa: E402
 from medrek.evaluate import unedited_locality_predictions  # noqa: E402
@@ -41,7 +41,7 @@ from medrek.evaluate.growth import (VALID_NEIGHBOURS_FILE, load_locality_duplica
                                    neighbour_records, run_growth, with_unedited_answers)
 from medrek.io import read_json, write_json  # noqa: E402
 from medrek.models.registry import load_causal_lm  # noqa: E402
-from medrek.train.retriever import RetrievalStageConfig, fit_large_memory_retrieval  # noqa: E402
+from medrek.train.retriever import RetrievalStageConfig, fit_large_memory_retrieval, stage_config  # noqa: E402
 
 RESULTS = ROOT / "studies" / "results"
 OUT = RESULTS / "large_memory.json"
@@ -61,13 +61,22 @@ def build(args: argparse.Namespace) -> None:
     data = {s: load_split("medversa", s, args.data_dir) for s in ("train", "valid")}
     valid_ids = {r.record_id for r in data["valid"]}
     neighbours = [n.prompt for n in load_neighbours(VALID_NEIGHBOURS_FILE) if n.record_id in valid_ids]
-    stage = RetrievalStageConfig(**{**vars(STAGE), "verifier_from": args.verifier,
-                                    "max_false_fire": args.max_false_fire, "max_neighbour_fire": args.max_neighbour_fire})
-    start = time.perf_counter()
-    log = fit_large_memory_retrieval(editor, data["train"], data["valid"], data["train"], stage, seed=SEED,
-                                     progress=True, neighbours=neighbours)
-    log["seconds"] = round(time.perf_counter() - start, 1)
+    if args.params:  # notebook 02's stage exactly as a params file sets it (its verifier trained here)
+        params = load_params(repo_path(args.params))
+        settings = params.notebooks["02_train_medrek"]["retrieval_stage"]["medrek-lm-embedding"]
+        stage = stage_config(settings, f"{args.params}: retrieval_stage.medrek-lm-embedding")
+        seed = params.seed
+    else:
+        stage = RetrievalStageConfig(**{**vars(STAGE), "verifier_from": args.verifier,
+                                        "max_false_fire": args.max_false_fire,
+                                        "max_neighbour_fire": args.max_neighbour_fire})
+        seed = SEED
     out = repo_path(args.out)
+    start = time.perf_counter()
+    log = fit_large_memory_retrieval(editor, data["train"], data["valid"], data["train"], stage, seed=seed,
+                                     progress=True, neighbours=neighbours,
+                                     work_dir=out.parent / f"{out.name}-verifier")  # resumable cross-encoder
+    log["seconds"] = round(time.perf_counter() - start, 1)
     editor.save(out)
     write_json(out / "retrieval_stage.json", {**log, "from": args.editor})
     print(json.dumps(log["calibration"], indent=1))
@@ -110,7 +119,9 @@ def main() -> None:
     sub = ap.add_subparsers(dest="step", required=True)
     b = sub.add_parser("build", help="an editor with large-memory retrieval (the retrieval stage)")
     b.add_argument("--editor", required=True)
-    b.add_argument("--verifier", required=True, help="a folder python -m medrek.train.cross_encoder trained")
+    b.add_argument("--verifier", default="", help="a folder python -m medrek.train.cross_encoder trained")
+    b.add_argument("--params", default="", help="take the stage from this params file's notebook 02 section "
+                                               "(e.g. params/small.yaml); its cross-encoder is trained here")
     b.add_argument("--out", required=True)
     b.add_argument("--max-false-fire", type=float, default=STAGE.max_false_fire)
     b.add_argument("--max-neighbour-fire", type=float, default=STAGE.max_neighbour_fire)
