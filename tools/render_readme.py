@@ -15,6 +15,7 @@ the ``docs/`` page that ``PAGES`` names:
 - ``ladder``: the retrieval ladder (``studies/results/retrieval_ladder.json``);
 - ``growth-leads``: the LM-level memory-growth leads (``studies/results/large_memory.json``);
 - ``long-edits``: the long-edits study (``studies/results/long_edits.json``);
+- ``user-probe``: a user's own edits, paraphrases and neighbours (``studies/results/user_probe.json``);
 - ``working-bench``: the working editor's cost (``bench/results/working_memory.json``,
   ``inference_overhead.json``);
 - ``claims``: the paper's claims C1-C4 with intervals and verdicts, computed again from the
@@ -197,6 +198,13 @@ def growth_leads() -> str:
     return growth_leads_table(json.loads(RESULTS.read_text()))
 
 
+def user_probe() -> str:
+    sys.path.insert(0, str(ROOT / "studies"))
+    from user_probe import OUT, render
+
+    return render(json.loads(OUT.read_text()))
+
+
 def headline() -> str:
     """The README's compact table: single and batch-100 efficacy / generality / locality."""
     results = pd.read_csv(SMALL / "results.csv")
@@ -282,11 +290,12 @@ def claims() -> str:
 # section -> the page it lives in (relative to the repository root)
 SECTIONS = {"suite": suite, "reproduce-time": reproduce_time, "headline": headline, "train-table": train_table, "eval-table": eval_table,
             "growth-table": growth_table, "ladder": ladder, "claims": claims, "working-bench": working_bench,
-            "growth-leads": growth_leads, "long-edits": long_edits}
+            "growth-leads": growth_leads, "long-edits": long_edits,
+            "user-probe": user_probe}
 PAGES = {"suite": "README.md", "reproduce-time": "README.md", "headline": "README.md", "train-table": "docs/training.md",
          "eval-table": "docs/evaluation.md", "growth-table": "docs/evaluation.md", "ladder": "docs/evaluation.md",
          "claims": "README.md", "working-bench": "README.md", "growth-leads": "docs/evaluation.md",
-         "long-edits": "docs/benchmarks.md"}
+         "long-edits": "docs/benchmarks.md", "user-probe": "docs/evaluation.md"}
 
 
 def render_page(page: str, text: str) -> str:
