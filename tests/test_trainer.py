@@ -232,3 +232,43 @@ def test_long_edits_are_added_to_the_training_records_only(data_dir):
     assert data == {"dataset": "medversa", "train_limit": 5, "long_edits": values["long_edits"]}
     with pytest.raises(Exception, match="long_edits"):
         records_from_parameters({**values, "long_edits": {"n": 3, "words": 40}})
+
+
+def test_init_from_an_editor_with_a_cross_encoder_fine_tunes_its_prompts_and_keeps_the_retriever(tmp_path, tiny_lm):
+    # the long-edit fine-tune (params/small-long-edits.yaml): the working editor's retrieval settings named
+    # in the run's config, its verifier loaded by init_from, every retrieval loss at 0
+    retrieval = dict(method="medrek-lm-embedding", n_tokens=8, score="cosine", prototype_gate=False, verify_k=2,
+                     verifier_kind="cross-encoder", verifier_layers=1, min_verified=0.4, exact_match=True)
+    first = Trainer(_config(steps=1, eval_every=0, **retrieval), _records(), _records(8, 100), tmp_path / "a", lm=tiny_lm)
+    first.train()
+    saved = first.editor.save(tmp_path / "saved")
+    start = _weights(first)
+    tuned = Trainer(_config(steps=2, eval_every=0, weight_q1=0.0, weight_q2=0.0, weight_q3=0.0, retrieval_steps=0,
+                            **retrieval), _records(), _records(8, 100), tmp_path / "b", lm=tiny_lm, init_from=saved)
+    tuned.train()
+    after = _weights(tuned)
+    kept = [k for k in start if k.startswith(("verifier.", "encoder."))]
+    assert any(k.startswith("verifier.") for k in kept)
+    assert all(torch.equal(after[k], start[k]) for k in kept)
+    assert any(not torch.equal(after[k], start[k]) for k in start if k.startswith("prompt_encoder."))
+
+
+@pytest.mark.parametrize("params", ["small-long-edits.yaml", "small-hard-neighbours.yaml"])
+def test_fine_tunes_of_the_working_editor_name_its_retrieval_as_its_editor_json_has_it(params):
+    # a fine-tune from the committed working editor loads its verifier (init_from): the run's config
+    # must build the same retriever, or the weights do not fit and the gate would be another
+    from pathlib import Path
+
+    import yaml
+
+    from medrek.editor import read_editor_config
+
+    root = Path(__file__).resolve().parents[1]
+    section = yaml.safe_load((root / "params" / params).read_text())["notebooks"]["02_train_medrek"]
+    assert section["init_from"] == {"medrek-lm-embedding": "checkpoints/small/medrek-lm-embedding"}
+    _, working = read_editor_config(root / "checkpoints" / "small" / "medrek-lm-embedding")
+    own = section["method_settings"]["medrek-lm-embedding"]
+    for field in ("score", "prototype_gate", "verify_k", "verifier_kind", "verifier_layers", "min_verified",
+                  "min_margin", "exact_match"):
+        assert own.get(field) == getattr(working, field), f"params/{params}: {field}"
+    assert "medrek-lm-embedding" not in (section.get("gate_max_false_fire") or {})  # no margin on top of the verifier
