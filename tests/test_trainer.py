@@ -271,4 +271,5 @@ def test_fine_tunes_of_the_working_editor_name_its_retrieval_as_its_editor_json_
     for field in ("score", "prototype_gate", "verify_k", "verifier_kind", "verifier_layers", "min_verified",
                   "min_margin", "exact_match"):
         assert own.get(field) == getattr(working, field), f"params/{params}: {field}"
-    assert "medrek-lm-embedding" not in (section.get("gate_max_false_fire") or {})  # no margin on top of the verifier
+    # no margin on top of the verifier; set here, since notebook 02's default names methods this run does not train
+    assert section["gate_max_false_fire"] == {}
