@@ -6,7 +6,7 @@ another fact), with the LM's greedy answers before and with the edits.
         before-stage=checkpoints/small/medrek-lm-embedding-long
 
 Per-question rows go to ``studies/results/user_probe/<name>.csv``, the shares to
-``studies/results/user_probe.json``; ``python studies/user_probe.py --render`` prints the table.
+``studies/results/user_probe.json``; ``python studies/render_user_probe.py`` (or ``--render``) prints the table.
 Evaluation only: nothing is trained, calibrated or selected on the probe.
 """
 
@@ -21,28 +21,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "studies"))
 
 from medrek import Editor  # noqa: E402
 from medrek.config import repo_path  # noqa: E402
 from medrek.evaluate.user_probe import load_user_probe, probe_answers, probe_summary  # noqa: E402
 from medrek.io import read_json, write_csv, write_json  # noqa: E402
+from render_user_probe import render  # noqa: E402
 
 RESULTS = ROOT / "studies" / "results"
 OUT = RESULTS / "user_probe.json"
-COLUMNS = [("prompt_shows_target", "edited question shows the new answer"),
-           ("paraphrase_fires_own", "paraphrase fires its edit"),
-           ("paraphrase_shows_target", "paraphrase shows the new answer"),
-           ("neighbour_fires", "neighbour fires an edit"), ("neighbour_changed", "neighbour's answer changed")]
-
-
-def render(data: dict) -> str:
-    head = ["editor", *[c[1] for c in COLUMNS]]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, row in data["editors"].items():
-        out.append("| " + " | ".join([f"{name} (`{row['folder']}`)", *[f"{row[c]:.3f}" for c, _ in COLUMNS]]) + " |")
-    return "\n".join(out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("editors", nargs="*", help="name=editor folder")

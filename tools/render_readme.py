@@ -200,9 +200,9 @@ def growth_leads() -> str:
 
 def user_probe() -> str:
     sys.path.insert(0, str(ROOT / "studies"))
-    from user_probe import OUT, render
+    from render_user_probe import RESULTS, render
 
-    return render(json.loads(OUT.read_text()))
+    return render(json.loads(RESULTS.read_text()))
 
 
 def headline() -> str:

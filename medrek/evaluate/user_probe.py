@@ -75,38 +75,42 @@ def _questions(edits: Sequence[UserEdit]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["edit", "kind", "question", "target_new"])
 
 
+def _run(editor, edits: Sequence[UserEdit], max_new_tokens: int | None) -> pd.DataFrame:
+    """Store ``edits`` in ``editor`` (empty before, emptied after), say what fires for each
+    question and, unless ``max_new_tokens`` is None, generate its answers before and with them."""
+    if len(editor.memory):
+        raise ValueError("the user-edit probe needs an editor with an empty memory")
+    table = _questions(edits)
+    questions = list(table["question"])
+    before = editor.generate(questions, max_new_tokens=max_new_tokens, use_memory=False) if max_new_tokens is not None else None
+    try:
+        editor.edit([{"id": e.id, "prompt": e.prompt, "target_new": e.target_new} for e in edits],
+                    check_retrieval=False)
+        why = [editor.explain(q) for q in questions]
+        after = editor.generate(questions, max_new_tokens=max_new_tokens) if max_new_tokens is not None else None
+    finally:
+        editor.clear()
+    table = table.assign(fired=[w.edit_id for w in why], own=[w.edit_id == e for w, e in zip(why, table["edit"])],
+                         reason=[w.reason for w in why])
+    if before is None:
+        return table
+    return table.assign(before=before, edited=after,
+                        target_in_answer=[contains_target(a, t) for a, t in zip(after, table["target_new"])],
+                        changed=[a != b for a, b in zip(after, before)])
+
+
 def probe_retrieval(editor, edits: Sequence[UserEdit]) -> pd.DataFrame:
     """One row per question of ``edits`` with all of them stored in ``editor`` (whose memory must
     be empty; it is left empty): ``fired`` (the edit that fired, or None), ``own`` (it is the
     question's own edit; for a neighbour: that edit, the one it should not fire) and ``reason``."""
-    if len(editor.memory):
-        raise ValueError("probe_retrieval needs an editor with an empty memory")
-    table = _questions(edits)
-    try:
-        editor.edit([{"id": e.id, "prompt": e.prompt, "target_new": e.target_new} for e in edits],
-                    check_retrieval=False)
-        why = [editor.explain(q) for q in table["question"]]
-    finally:
-        editor.clear()
-    return table.assign(fired=[w.edit_id for w in why], own=[w.edit_id == e for w, e in zip(why, table["edit"])],
-                        reason=[w.reason for w in why])
+    return _run(editor, edits, None)
 
 
 def probe_answers(editor, edits: Sequence[UserEdit], max_new_tokens: int = 24) -> pd.DataFrame:
-    """:func:`probe_retrieval` plus the greedy answers before and with the edits:
-    ``target_in_answer`` (the edit's new answer is in the edited answer) and ``changed`` (the
-    edited answer differs from the unedited one)."""
-    table = probe_retrieval(editor, edits)
-    before = editor.generate(list(table["question"]), max_new_tokens=max_new_tokens, use_memory=False)
-    try:
-        editor.edit([{"id": e.id, "prompt": e.prompt, "target_new": e.target_new} for e in edits],
-                    check_retrieval=False)
-        after = editor.generate(list(table["question"]), max_new_tokens=max_new_tokens)
-    finally:
-        editor.clear()
-    return table.assign(before=before, edited=after,
-                        target_in_answer=[contains_target(a, t) for a, t in zip(after, table["target_new"])],
-                        changed=[a != b for a, b in zip(after, before)])
+    """:func:`probe_retrieval` plus the greedy answers before and with the edits (the edits are
+    stored once for both): ``target_in_answer`` (the edit's new answer is in the edited answer)
+    and ``changed`` (the edited answer differs from the unedited one)."""
+    return _run(editor, edits, max_new_tokens)
 
 
 def probe_summary(table: pd.DataFrame) -> dict[str, float]:
