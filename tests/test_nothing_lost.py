@@ -373,7 +373,7 @@ def test_a_kill_at_any_point_of_an_editor_save_leaves_the_old_or_the_new_editor(
 
 
 def test_a_failure_at_any_write_of_an_editor_save_leaves_the_previous_editor(make_editor, tiny_lm, tmp_path, monkeypatch):
-    import medrek.editor as editor_module
+    import medrek.editor_checkpoint as editor_module  # where an editor is written
 
     editor, versions = _two_versions(make_editor)
     folder = tmp_path / "e"
@@ -425,7 +425,7 @@ def test_an_editor_or_memory_saved_over_another_lm_of_the_same_size_is_refused(m
 
 
 def test_a_load_from_a_read_only_folder_never_writes(make_editor, tiny_lm, tmp_path, monkeypatch):
-    import medrek.editor as editor_module
+    import medrek.editor_checkpoint as editor_module  # where an editor is written
     import medrek.io as io_module
 
     editor, versions = _two_versions(make_editor)
