@@ -63,6 +63,46 @@ def test_locality_negatives_skip_a_stored_question_with_the_same_answer():
     assert any(q == "What causes scurvy?" for q in questions)
 
 
+def test_own_locality_negatives_pair_a_neighbour_with_its_own_prompt_and_symmetric_adds_the_reverse():
+    # MedCF's locality probes are neighbours: the same template on another drug
+    records = [_record(0, "Which drug interacts with Iron?", "Zinc", ("Which drug interacts with Copper?", "Zinc")),
+               _record(1, "What does aspirin treat?", "Pain", ("Which drug interacts with Iron?", "Zinc")),
+               _record(2, "What causes scurvy?", "Vitamin C", ("what causes SCURVY?", "Vitamin C"))]
+    table = {"Which drug interacts with Iron?": [1, 0, 0, 0], "Which drug interacts with Copper?": [0.97, 0.24, 0, 0],
+             "What does aspirin treat?": [0, 1, 0, 0]}
+    embed = _embed_by_table(table)
+    base = CrossEncoderTrainConfig(negatives=1, locality_negatives=0)
+    plain = set(zip(*mine_cross_encoder_pairs(records, embed, base)[:2]))
+    assert ("Which drug interacts with Copper?", "Which drug interacts with Iron?") not in plain
+    config = CrossEncoderTrainConfig(negatives=1, locality_negatives=0, own_locality_negatives=True, symmetric=True)
+    questions, stored, labels, counts = mine_cross_encoder_pairs(records, embed, config)
+    pairs = {(q, s): l for q, s, l in zip(questions, stored, labels)}
+    # cosine 0.97 is past near_duplicate, but the dataset says it asks another fact: a negative
+    assert pairs[("Which drug interacts with Copper?", "Which drug interacts with Iron?")] == 0.0
+    assert pairs[("Which drug interacts with Iron?", "What does aspirin treat?")] == 0.0  # record 1's probe
+    assert ("what causes SCURVY?", "What causes scurvy?") not in pairs  # its own question once folded: never a negative
+    assert pairs[("Which drug interacts with Iron?", "Rephrased: Which drug interacts with Iron?")] == 1.0
+    assert counts["positives"] == 6
+
+
+def test_a_folder_trained_before_a_config_field_existed_keeps_its_identity(tmp_path):
+    from dataclasses import asdict
+
+    from medrek.data.records import records_sha256
+    from medrek.train.cross_encoder import train_cross_encoder
+
+    records = [_record(0, "Which enzyme do statins block?", "HMG-CoA reductase")]
+    config = CrossEncoderTrainConfig(epochs=1)
+    old = {k: v for k, v in asdict(config).items() if k not in ("own_locality_negatives", "symmetric")}
+    (tmp_path / "identity.json").write_text(json.dumps({"config": old, "seed": 0, "train_sha256": records_sha256(records),
+                                                        "valid_sha256": records_sha256([])}))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "train_log.json").write_text(json.dumps({"seconds": 1.0}))
+    assert train_cross_encoder(records, tmp_path, config) == {"seconds": 1.0}  # finished: read back, not retrained
+    with pytest.raises(ValueError, match="identity.json.*config"):
+        train_cross_encoder(records, tmp_path, CrossEncoderTrainConfig(epochs=1, symmetric=True))
+
+
 def test_train_config_refuses_bad_values_by_name():
     for bad in ({"epochs": 0}, {"lr": -1.0}, {"near_duplicate": 1.5}, {"trained_layers": -1}, {"warmup_ratio": 1.0}):
         with pytest.raises(ValueError, match=f"CrossEncoderTrainConfig.{next(iter(bad))}"):

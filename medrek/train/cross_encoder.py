@@ -15,6 +15,10 @@ every ``save_steps`` so that a killed run resumes where it stopped:
   each rephrase with its ``negatives`` closest other prompts, each prompt with its closest
   other prompt (the neighbour case: its own edit is not stored) and each locality prompt with
   its ``locality_negatives`` closest prompts;
+* with ``own_locality_negatives``, each locality prompt against its own record's prompt: for MedCF
+  these are neighbours by construction (the same template on another drug, another relation of
+  the same drug), so the near-duplicate rule below does not apply to them; with ``symmetric``,
+  each prompt as a question against its rephrase as the stored prompt, a second positive;
 * a mined prompt that asks the anchor's own question is dropped, not used as a negative: equal
   once folded, cosine >= ``near_duplicate`` to the anchor's own prompt (to the locality prompt
   itself for a locality anchor), or cosine >= ``same_answer_similar`` with the same old answer
@@ -61,6 +65,8 @@ class CrossEncoderTrainConfig:
     freeze_embeddings: bool = True  # the token embeddings stay the released ones (faster; smaller checkpoint)
     trained_layers: int = 0  # top encoder layers trained, with the pooler and classifier (0: every layer)
     save_steps: int = 200  # a resumable checkpoint every this many steps
+    own_locality_negatives: bool = False  # each locality prompt against its own record's prompt (MedCF: a neighbour)
+    symmetric: bool = False  # each prompt as a question against its rephrase, too (positive)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "negatives", "max_length", "save_steps"):
@@ -168,6 +174,14 @@ def mine_cross_encoder_pairs(records: Sequence[EditRecord], embed, config: Cross
     for i in range(len(records)):
         duplicate = lambda j: rule(rule.folded[i], rule.answers[i], float(same[i, j]), j)  # noqa: E731
         add(rephrases[i], [i], 1.0)
+        if config.symmetric:
+            questions.append(prompts[i])
+            stored.append(rephrases[i])
+            labels.append(1.0)
+        if config.own_locality_negatives:
+            for probe in records[i].locality.values():
+                if fold_question(probe.prompt) != rule.folded[i]:
+                    add(probe.prompt, [i], 0.0)
         for question, sims, k in ((rephrases[i], rs[i], config.negatives), (prompts[i], same[i], 1)):
             rows, skipped = _closest(sims, k, duplicate, own=i)
             add(question, rows, 0.0)
@@ -212,6 +226,8 @@ def train_cross_encoder(train: Sequence[EditRecord], out: str | Path, config: Cr
                 "valid_sha256": records_sha256(valid)}
     if (out / "identity.json").exists():
         saved = read_json(out / "identity.json")
+        # a folder trained before a config field existed was trained with that field's default
+        saved["config"] = {**asdict(CrossEncoderTrainConfig()), **saved.get("config", {})}
         if saved != identity:
             changed = sorted(k for k in identity if saved.get(k) != identity[k])
             raise ValueError(f"{out / 'identity.json'}: this folder holds a cross-encoder trained with other "
@@ -290,12 +306,17 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra-train", nargs="*", default=[], metavar="DATASET",
+                    help="train splits of other datasets added to MedVersa train (e.g. medcf)")
+    ap.add_argument("--extra-limit", type=int, default=None, help="the first this many records of each extra split")
     for name, value in asdict(CrossEncoderTrainConfig()).items():
         kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
         ap.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
     args = vars(ap.parse_args())
     config = CrossEncoderTrainConfig(**{k: args[k] for k in asdict(CrossEncoderTrainConfig())})
     train = load_split("medversa", "train", args["data_dir"])
+    for name in args["extra_train"]:
+        train = train + load_split(name, "train", args["data_dir"])[: args["extra_limit"]]
     valid = load_split("medversa", "valid", args["data_dir"])[:300]
     log = train_cross_encoder(train, args["out"], config, valid=valid, seed=args["seed"])
     print(json.dumps({k: log[k] for k in ("train_pairs", "seconds")}))
