@@ -19,7 +19,32 @@ from ..data.records import EditRecord
 from ..editor import EditedModel, Editor, RowPrompts, ScoreResult, pad_prompts, score_pairs
 from ..memory import EditMemory
 
-__all__ = ["EditMethod", "RetrievalMethod", "UneditedMethod", "ParameterEditingMethod", "generate_plain"]
+__all__ = ["EditMethod", "RetrievalMethod", "UneditedMethod", "ParameterEditingMethod", "generate_plain",
+           "score_with_hits"]
+
+
+def score_with_hits(model: EditedModel, hits: list[torch.Tensor], prompts: Sequence[str], targets: Sequence[str],
+                    batch_size: int = 32, max_length: int | None = None, before_batch=None) -> ScoreResult:
+    """:func:`score_pairs` on the plain LM for a method whose hook appends, per forward, which
+    rows [B] an edit acted on to ``hits``; the result's ``fired`` says it per row.
+    ``before_batch(rows, prompts, targets)`` runs before each batch's forward."""
+    order: list[list[int]] = []
+
+    def retrieve(idx: list[int]) -> RowPrompts:
+        order.append(list(idx))
+        if before_batch is not None:
+            before_batch(idx)
+        return RowPrompts()
+
+    hits.clear()
+    result = score_pairs(model, prompts, targets, retrieve, batch_size, max_length)
+    fired = torch.zeros(len(prompts), dtype=torch.bool)
+    if len(hits) != len(order):
+        raise RuntimeError(f"{len(order)} batches scored but {len(hits)} forwards seen by the edit hook")
+    for idx, hit in zip(order, hits):
+        fired[idx] = hit.cpu()
+    result.fired = fired
+    return result
 
 
 @torch.no_grad()
@@ -40,7 +65,8 @@ class EditMethod(ABC):
 
     name: str = "method"
     stateless: bool = False
-    retrieval: bool = False  # whether scores carry retrieval diagnostics
+    retrieval: bool = False  # whether scores carry retrieval diagnostics (retrieved ids, margins)
+    fires: bool | None = None  # whether scores say which rows an edit acted on (None: as ``retrieval``)
 
     def __init__(self, model: EditedModel) -> None:
         self.model = model

@@ -15,7 +15,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["decoder_layers", "projection", "hidden_before", "run_from_layer", "check_partial_forward"]
+__all__ = ["decoder_layers", "projection", "hidden_before", "run_from_layer", "check_partial_forward", "logits_at",
+           "module_input"]
 
 
 def decoder_layers(lm: nn.Module) -> nn.ModuleList:
@@ -89,3 +90,27 @@ def check_partial_forward(lm: nn.Module, layer: int, input_ids: torch.Tensor, at
         part = decoder(inputs_embeds=h, attention_mask=attention_mask, use_cache=False).last_hidden_state
     valid = attention_mask.bool()
     return bool(torch.allclose(full[valid], part[valid], atol=atol, rtol=1e-4))
+
+
+def logits_at(model, layer: int, batch, hidden: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+    """Logits [N, V] of ``model`` (an EditedModel) at the ``positions`` [B, L] of ``batch``: from
+    ``hidden`` entering ``layers[layer]`` (:func:`hidden_before`) when given, else a full forward."""
+    decoder = model.lm.get_decoder()
+    if hidden is not None:
+        with run_from_layer(model.lm, layer):
+            states = decoder(inputs_embeds=hidden, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+    else:
+        states = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+    return model.project(states[positions])
+
+
+@torch.no_grad()
+def module_input(lm: nn.Module, module: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """What ``module`` (inside ``lm``'s decoder) reads [B, L, d_in] in a forward of ``input_ids``."""
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda mod, args: captured.append(args[0]))
+    try:
+        lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        handle.remove()
+    return captured[0]

@@ -339,6 +339,7 @@ def _add_neighbours(method, rows: list[dict], neighbours: Sequence[Neighbour], r
     """Neighbour columns: each row's neighbour question (one per record at most; none, or an
     empty unedited answer: NaN) scored against the unedited LM's answer."""
     from .metrics import agreement
+    from .protocols import reports_fired
 
     if reference is None:
         raise ValueError("neighbours need their neighbour_reference (unedited_locality_predictions of neighbour_records)")
@@ -354,7 +355,7 @@ def _add_neighbours(method, rows: list[dict], neighbours: Sequence[Neighbour], r
     for j, (row, k) in enumerate(asked):
         after = reference["neighbour"][k] if method.stateless else res.predictions[j]
         value = float(agreement([reference["neighbour"][k]], [after])[0])
-        fired = float(res.fired[j]) if method.retrieval else math.nan
+        fired = float(res.fired[j]) if reports_fired(method) else math.nan
         row["locality/neighbour"] = value
         row["fired/neighbour"] = fired
         row["changed_when_fired/neighbour"] = _changed_when_fired(value, fired) if fired == fired else math.nan

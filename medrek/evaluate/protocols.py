@@ -152,6 +152,13 @@ def _eval_rows(recs: Sequence[EditRecord], locality: bool = True) -> tuple[list[
     return prompts, targets
 
 
+def reports_fired(method) -> bool:
+    """Whether ``method``'s scores say which rows an edit acted on (``ScoreResult.fired``): the
+    retrieval editors, and baselines that route (GRACE, WISE) with ``fires = True``."""
+    fires = getattr(method, "fires", None)
+    return bool(method.retrieval if fires is None else fires)
+
+
 def _record_rows(method, records, idx: list[int], res, reference) -> list[dict]:
     """One row per evaluated record from the scores of :func:`_eval_rows`.
 
@@ -179,8 +186,9 @@ def _record_rows(method, records, idx: list[int], res, reference) -> list[dict]:
             value = float(agreement([reference[name][i]], [after])[0])
             row[f"locality/{name}"] = value
             loc.append(value)
-            if method.retrieval:
+            if reports_fired(method):
                 row[f"fired/{name}"] = float(res.fired[k])
+            if method.retrieval:
                 row[f"margin/{name}"] = float(res.margins[k])
         row["locality"] = sum(loc) / len(loc) if loc else math.nan
         if method.retrieval:
