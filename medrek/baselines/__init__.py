@@ -3,7 +3,9 @@
 ``build_method(name, ...)`` makes any of: ``unedited``; the retrieval editors ``medrek``,
 ``recipe``, ``medrek-no-shared-qk``, ``medrek-no-attention``, ``token_attention`` (from a
 trained checkpoint); ``ike`` (in-context editing with a trained retriever); and the
-parameter-editing baselines ``ft-l`` and ``memit``.
+parameter-editing baselines ``ft-l`` and ``memit``; and the lifelong editor ``grace`` (a
+codebook at one layer) and ``wise`` (a routed side copy of one FFN projection), the LM's
+weights untouched by both.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from ..editor import EditedModel, Editor, resolve_chat_template
 from ..methods import PRESETS
 from .base import EditMethod, ParameterEditingMethod, RetrievalMethod, UneditedMethod
 from .ft import FTConfig, FTLMethod
+from .grace import GRACEConfig, GRACEMethod
 from .ike import InContextMethod
 from .memit import MEMITConfig, MEMITMethod
+from .wise import WISEConfig, WISEMethod
 
 __all__ = ["EditMethod", "ParameterEditingMethod", "RetrievalMethod", "UneditedMethod", "FTConfig", "FTLMethod",
-           "InContextMethod", "MEMITConfig", "MEMITMethod", "METHODS", "build_method", "config_from"]
+           "GRACEConfig", "GRACEMethod", "InContextMethod", "MEMITConfig", "MEMITMethod", "WISEConfig", "WISEMethod", "METHODS", "build_method", "config_from"]
 
-METHODS = ("unedited", *PRESETS, "ike", "ft-l", "memit")
+METHODS = ("unedited", *PRESETS, "ike", "ft-l", "memit", "grace", "wise")
 
 
 def config_from(cls, values: Mapping[str, Any] | None, where: str):
@@ -34,7 +38,9 @@ def config_from(cls, values: Mapping[str, Any] | None, where: str):
 
 def build_method(name: str, lm: tuple[Any, Any], *, checkpoints: Mapping[str, str | os.PathLike[str]] | None = None,
                  ike_retriever: str = "medrek", ft: Mapping[str, Any] | None = None,
-                 memit: Mapping[str, Any] | None = None, memit_texts: Sequence[str] = (), lm_name: str = "lm",
+                 memit: Mapping[str, Any] | None = None, grace: Mapping[str, Any] | None = None,
+                 wise: Mapping[str, Any] | None = None, irrelevant: Sequence[tuple[str, str]] = (),
+                 memit_texts: Sequence[str] = (), lm_name: str = "lm",
                  cache_dir: str | os.PathLike[str] | None = None, device: str = "cpu",
                  chat_template: str = "none",
                  editor_settings: Mapping[str, Mapping[str, Any]] | None = None) -> EditMethod:
@@ -45,7 +51,9 @@ def build_method(name: str, lm: tuple[Any, Any], *, checkpoints: Mapping[str, st
     is how every method's LM is asked; a trained editor must have been trained the same way.
     ``editor_settings`` maps a retrieval method's name to :class:`~medrek.EditorConfig` fields
     that override its saved ones at load (e.g. ``{"n_tokens": 518, "exact_match": True}``); the
-    editor's fingerprint, and so every result row's signature, then says so.
+    editor's fingerprint, and so every result row's signature, then says so. ``ft``, ``memit``,
+    ``grace`` and ``wise`` are the baselines' settings (their config dataclasses, keys checked by
+    name); ``irrelevant``: the (question, answer) pairs WISE keeps its side memory quiet on.
     """
     checkpoints = dict(checkpoints or {})
     editor_settings = dict(editor_settings or {})
@@ -76,4 +84,8 @@ def build_method(name: str, lm: tuple[Any, Any], *, checkpoints: Mapping[str, st
     if name == "memit":
         return MEMITMethod(plain(), memit_texts, config_from(MEMITConfig, memit, "memit settings"),
                            lm_name=lm_name, cache_dir=cache_dir)
+    if name == "grace":
+        return GRACEMethod(plain(), config_from(GRACEConfig, grace, "grace settings"))
+    if name == "wise":
+        return WISEMethod(plain(), irrelevant, config_from(WISEConfig, wise, "wise settings"))
     raise ValueError(f"unknown method {name!r}; expected one of {list(METHODS)}")
