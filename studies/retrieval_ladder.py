@@ -158,6 +158,13 @@ LEADS = [
          "prompts and 20% of valid neighbours", score="cosine", exact_match=True, gate="verified", head="trained",
          train=RetrieverTrainConfig(), verify_k=10, cross_encoder="runs/verifier-minilm/model", max_false_fire=0.10,
          distinct=True, max_neighbour_fire=0.20),
+    Lead("cross-encoder-medcf@distinct-10%", "as cross-encoder-minilm@distinct-10% with the cross-encoder's top 5 layers "
+         "trained 3 epochs on MedVersa train plus the first 1,000 MedCF train edits (their locality probes, the same "
+         "template on another drug or another relation of the same drug, as negatives against their own prompt) and "
+         "each prompt against its rephrase as a second positive (`--extra-train medcf --extra-limit 1000 "
+         "--own-locality-negatives true --symmetric true --trained-layers 5 --epochs 3`)", score="cosine",
+         exact_match=True, gate="verified", head="trained", train=RetrieverTrainConfig(), verify_k=10,
+         cross_encoder="runs/verifier-minilm-medcf/model", max_false_fire=0.10, distinct=True, max_neighbour_fire=0.20),
 ]
 
 
@@ -268,7 +275,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="lead names (default: all)")
     ap.add_argument("--max-false-fire", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(OUT), help="the JSON the leads are written to (another retriever: another file)")
     args = ap.parse_args()
+    out_path = Path(args.out)
     torch.manual_seed(args.seed)
     data_dir = args.data_dir
     data = {s: load_split("medversa", s, data_dir) for s in ("train", "valid", "test")}
@@ -280,7 +289,7 @@ def main() -> None:
              for t in (r.prompt, r.rephrase, r.locality["locality"].prompt)] + \
         [n.prompt for key in ("neighbours", "valid_neighbours") for n in data[key]]
     feats = cached_features(encoder, texts, args.checkpoint)
-    results = json.loads(OUT.read_text())["leads"] if OUT.exists() else []
+    results = json.loads(out_path.read_text())["leads"] if out_path.exists() else []
     verifiers: dict = {}
     for lead in LEADS:
         if args.only and lead.name not in args.only:
@@ -288,7 +297,7 @@ def main() -> None:
         out = run_lead(lead, encoder, committed, data, feats, args.max_false_fire, args.seed, verifiers)
         results = [r for r in results if r["lead"] != lead.name] + [out]
         print(json.dumps({"lead": out["lead"], "calibration": out["calibration"], "rows": out["rows"]}), flush=True)
-        write_json(OUT, {"machine": machine(), "checkpoint": str(Path(args.checkpoint).relative_to(ROOT))
+        write_json(out_path, {"machine": machine(), "checkpoint": str(Path(args.checkpoint).resolve().relative_to(ROOT))
                          if Path(args.checkpoint).resolve().is_relative_to(ROOT) else args.checkpoint,
                          "max_false_fire": args.max_false_fire, "sizes": list(SIZES),
                          "leads": sorted(results, key=lambda r: [l.name for l in LEADS].index(r["lead"])
