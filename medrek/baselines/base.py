@@ -19,7 +19,7 @@ from ..data.records import EditRecord
 from ..editor import EditedModel, Editor, RowPrompts, ScoreResult, pad_prompts, score_pairs
 from ..memory import EditMemory
 
-__all__ = ["EditMethod", "RetrievalMethod", "UneditedMethod", "ParameterEditingMethod", "generate_plain",
+__all__ = ["EditMethod", "RetrievalMethod", "UneditedMethod", "ParameterEditingMethod", "ReplayedEdits", "generate_plain",
            "score_with_hits"]
 
 
@@ -183,6 +183,41 @@ class RetrievalMethod(EditMethod):
                                    result.margins[start:end], result.truncated[start:end]))
             start = end
         return out
+
+
+class ReplayedEdits:
+    """For methods whose edits are applied one at a time and trained deterministically (GRACE,
+    WISE): the edits so far, in order, so that ``remove(id)`` can apply the others again (the
+    result equals editing without the removed ones), and their JSON form for a save. A subclass
+    provides ``_edit_one(record)`` and ``_attach(on)`` (its hook on the LM, or off)."""
+
+    history: list[EditRecord]
+
+    def edit(self, records: Sequence[EditRecord]) -> None:
+        """Apply ``records`` one at a time, in order (the subclass's ``_edit_one``), with its hook on."""
+        if not records:
+            return
+        self._attach(True)
+        for record in records:
+            self._edit_one(record)
+            self.history.append(record)
+
+    def remove(self, ids: str | Sequence[str]) -> None:
+        """Forget edits by id: the other edits are applied again, in their order."""
+        gone = {ids} if isinstance(ids, str) else set(ids)
+        unknown = sorted(gone - {r.record_id for r in self.history})
+        if unknown:
+            raise KeyError(f"{self.name} holds no edit with id(s) {unknown[:5]}; nothing was removed")
+        keep = [r for r in self.history if r.record_id not in gone]
+        self.restore()
+        self.edit(keep)
+
+    def history_json(self) -> list[dict[str, str]]:
+        return [{"id": r.record_id, "prompt": r.prompt, "target_new": r.target_new} for r in self.history]
+
+    @staticmethod
+    def history_from_json(rows: Sequence[dict[str, str]]) -> list[EditRecord]:
+        return [EditRecord(h["id"], h["prompt"], h["target_new"], "", (h["prompt"],), "") for h in rows]
 
 
 class ParameterEditingMethod(EditMethod):

@@ -15,7 +15,7 @@ from ..data.records import EditRecord
 from ..editor import EditedModel, PairBatch
 from ..evaluate.metrics import prediction_positions
 from .base import ParameterEditingMethod
-from .layers import check_partial_forward, decoder_layers, hidden_before, projection, run_from_layer
+from .layers import check_partial_forward, decoder_layers, hidden_before, logits_at, projection
 
 __all__ = ["FTConfig", "FTLMethod", "default_layer"]
 
@@ -42,14 +42,8 @@ def target_nll(model: EditedModel, batch: PairBatch, hidden: torch.Tensor | None
                reduce: bool = True) -> torch.Tensor:
     """Mean over rows of the mean target-token NLL (per row [B] unless ``reduce``); from
     ``hidden`` entering ``layer`` when given."""
-    decoder = model.lm.get_decoder()
-    if hidden is not None:
-        with run_from_layer(model.lm, layer):
-            states = decoder(inputs_embeds=hidden, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
-    else:
-        states = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
     positions = prediction_positions(batch.target_mask)
-    logits = model.project(states[positions])  # [N, V]
+    logits = logits_at(model, layer, batch, hidden, positions)  # [N, V]
     labels = batch.input_ids[:, 1:][batch.target_mask[:, 1:]]
     rows = positions.nonzero()[:, 0]
     nll = F.cross_entropy(logits.float(), labels, reduction="none")

@@ -41,7 +41,7 @@ from ..data.records import EditRecord, fold_question
 from ..editor import EditedModel, PairBatch, ScoreResult
 from ..evaluate.metrics import prediction_positions
 from ..io import CheckpointError, atomic_folder, read_checkpoint_meta, read_tensors, write_json
-from .base import EditMethod, score_with_hits
+from .base import EditMethod, ReplayedEdits, score_with_hits
 from .ft import default_layer
 from .layers import check_partial_forward, decoder_layers, hidden_before, logits_at, module_input, projection
 
@@ -114,7 +114,7 @@ def _seed(edit_id: str) -> int:
     return int(hashlib.sha256(edit_id.encode("utf-8")).hexdigest()[:8], 16)
 
 
-class GRACEMethod(EditMethod):
+class GRACEMethod(ReplayedEdits, EditMethod):
     """GRACE behind the kit's :class:`~medrek.baselines.base.EditMethod` interface (edits are
     applied one at a time, in order, as the method is defined)."""
 
@@ -179,14 +179,6 @@ class GRACEMethod(EditMethod):
             self._handle.remove()
             self._handle = None
 
-    def edit(self, records: Sequence[EditRecord]) -> None:
-        if not records:
-            return
-        self._attach(True)
-        for record in records:
-            self._edit_one(record)
-            self.history.append(record)
-
     def _edit_one(self, record: EditRecord) -> None:
         cfg, book = self.config, self.codebook
         batch = self.model.encode_pairs([record.prompt], [record.target_new]).to(self.model.device)
@@ -246,16 +238,6 @@ class GRACEMethod(EditMethod):
         self.history = []
         self._attach(False)
 
-    def remove(self, ids: str | Sequence[str]) -> None:
-        """Forget edits by id: the codebook is rebuilt from the other edits, in their order."""
-        gone = {ids} if isinstance(ids, str) else set(ids)
-        unknown = sorted(gone - {r.record_id for r in self.history})
-        if unknown:
-            raise KeyError(f"GRACE holds no edit with id(s) {unknown[:5]}; nothing was removed")
-        keep = [r for r in self.history if r.record_id not in gone]
-        self.restore()
-        self.edit(keep)
-
     # ---- persistence -------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """``folder/grace.safetensors`` (keys, values, radii) and ``folder/grace.json`` (ids,
@@ -267,7 +249,7 @@ class GRACEMethod(EditMethod):
             write_json(tmp / "grace.json", {
                 "format": FORMAT, "config": asdict(self.config), "layer": self.layer, "ids": book.ids,
                 "answers": book.answers,
-                "history": [{"id": r.record_id, "prompt": r.prompt, "target_new": r.target_new} for r in self.history]})
+                "history": self.history_json()})
         return Path(folder)
 
     def load(self, folder: str | os.PathLike[str]) -> None:
@@ -295,4 +277,4 @@ class GRACEMethod(EditMethod):
         book.ids, book.answers = list(meta["ids"]), list(meta["answers"])
         self.codebook = book.to(self.module.weight.device)
         self._attach(len(book) > 0)
-        self.history = [EditRecord(h["id"], h["prompt"], h["target_new"], "", (h["prompt"],), "") for h in meta["history"]]
+        self.history = self.history_from_json(meta["history"])

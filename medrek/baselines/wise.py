@@ -46,7 +46,7 @@ from ..data.records import EditRecord
 from ..editor import EditedModel, PairBatch, ScoreResult
 from ..evaluate.metrics import prediction_positions
 from ..io import CheckpointError, atomic_folder, read_checkpoint_meta, read_tensors, write_json
-from .base import EditMethod, score_with_hits
+from .base import EditMethod, ReplayedEdits, score_with_hits
 from .ft import default_layer
 from .layers import check_partial_forward, decoder_layers, hidden_before, logits_at, module_input, projection
 
@@ -112,7 +112,7 @@ def _digest(text: str) -> int:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16)
 
 
-class WISEMethod(EditMethod):
+class WISEMethod(ReplayedEdits, EditMethod):
     """WISE behind the kit's :class:`~medrek.baselines.base.EditMethod` interface (edits are
     applied one at a time, in order). ``irrelevant``: (question, answer) pairs the side memory
     must leave quiet, one drawn per edit by its id."""
@@ -223,14 +223,6 @@ class WISEMethod(EditMethod):
             self._route = None
 
     # ---- editing -----------------------------------------------------------------------------
-    def edit(self, records: Sequence[EditRecord]) -> None:
-        if not records:
-            return
-        self._attach(True)
-        for record in records:
-            self._edit_one(record)
-            self.history.append(record)
-
     def _edit_one(self, record: EditRecord) -> None:
         cfg = self.config
         if self.count % cfg.save_freq == 0:  # a new shard: its own random mask
@@ -308,16 +300,6 @@ class WISEMethod(EditMethod):
         self._route = None
         self._attach(False)
 
-    def remove(self, ids: str | Sequence[str]) -> None:
-        """Forget edits by id: the other edits are applied again, in their order."""
-        gone = {ids} if isinstance(ids, str) else set(ids)
-        unknown = sorted(gone - {r.record_id for r in self.history})
-        if unknown:
-            raise KeyError(f"WISE holds no edit with id(s) {unknown[:5]}; nothing was removed")
-        keep = [r for r in self.history if r.record_id not in gone]
-        self.restore()
-        self.edit(keep)
-
     # ---- persistence -------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """``folder/wise.safetensors`` (side memories, the shard in progress and its mask) and
@@ -330,7 +312,7 @@ class WISEMethod(EditMethod):
                 "format": FORMAT, "config": asdict(self.config), "layer": self.layer, "count": self.count,
                 "memories": [{"min_gap": m.min_gap, "edits": m.edits} for m in self.memories],
                 "current_gaps": self.current_gaps,
-                "history": [{"id": r.record_id, "prompt": r.prompt, "target_new": r.target_new} for r in self.history]})
+                "history": self.history_json()})
         return Path(folder)
 
     def load(self, folder: str | os.PathLike[str]) -> None:
@@ -354,5 +336,5 @@ class WISEMethod(EditMethod):
                          for i, m in enumerate(meta["memories"])]
         self.current, self.mask = tensors["current"].to(self.base), tensors["mask"].bool()
         self.current_gaps, self.count = list(meta["current_gaps"]), int(meta["count"])
-        self.history = [EditRecord(h["id"], h["prompt"], h["target_new"], "", (h["prompt"],), "") for h in meta["history"]]
+        self.history = self.history_from_json(meta["history"])
         self._attach(bool(self._memories()))
