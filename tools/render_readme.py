@@ -16,6 +16,7 @@ the ``docs/`` page that ``PAGES`` names:
 - ``growth-leads``: the LM-level memory-growth leads (``studies/results/large_memory.json``);
 - ``long-edits``: the long-edits study (``studies/results/long_edits.json``);
 - ``user-probe``: a user's own edits, paraphrases and neighbours (``studies/results/user_probe.json``);
+- ``lifelong-search``: GRACE's and WISE's validation search (``studies/results/lifelong_search.json``);
 - ``working-bench``: the working editor's cost (``bench/results/working_memory.json``,
   ``inference_overhead.json``);
 - ``claims``: the paper's claims C1-C4 with intervals and verdicts, computed again from the
@@ -205,6 +206,13 @@ def user_probe() -> str:
     return render(json.loads(RESULTS.read_text()))
 
 
+def lifelong_search() -> str:
+    sys.path.insert(0, str(ROOT / "studies"))
+    from render_lifelong_search import RESULTS, render
+
+    return render(json.loads(RESULTS.read_text()))
+
+
 def headline() -> str:
     """The README's compact table: single and batch-100 efficacy / generality / locality."""
     results = pd.read_csv(SMALL / "results.csv")
@@ -291,11 +299,12 @@ def claims() -> str:
 SECTIONS = {"suite": suite, "reproduce-time": reproduce_time, "headline": headline, "train-table": train_table, "eval-table": eval_table,
             "growth-table": growth_table, "ladder": ladder, "claims": claims, "working-bench": working_bench,
             "growth-leads": growth_leads, "long-edits": long_edits,
-            "user-probe": user_probe}
+            "user-probe": user_probe, "lifelong-search": lifelong_search}
 PAGES = {"suite": "README.md", "reproduce-time": "README.md", "headline": "README.md", "train-table": "docs/training.md",
          "eval-table": "docs/evaluation.md", "growth-table": "docs/evaluation.md", "ladder": "docs/evaluation.md",
          "claims": "README.md", "working-bench": "README.md", "growth-leads": "docs/evaluation.md",
-         "long-edits": "docs/benchmarks.md", "user-probe": "docs/evaluation.md"}
+         "long-edits": "docs/benchmarks.md", "user-probe": "docs/evaluation.md",
+         "lifelong-search": "docs/evaluation.md"}
 
 
 def render_page(page: str, text: str) -> str:
