@@ -24,7 +24,8 @@ from .memit import MEMITConfig, MEMITMethod
 from .wise import WISEConfig, WISEMethod
 
 __all__ = ["EditMethod", "ParameterEditingMethod", "RetrievalMethod", "UneditedMethod", "FTConfig", "FTLMethod",
-           "GRACEConfig", "GRACEMethod", "InContextMethod", "MEMITConfig", "MEMITMethod", "WISEConfig", "WISEMethod", "METHODS", "build_method", "config_from"]
+           "GRACEConfig", "GRACEMethod", "InContextMethod", "MEMITConfig", "MEMITMethod", "WISEConfig", "WISEMethod",
+           "METHODS", "build_method", "config_from"]
 
 METHODS = ("unedited", *PRESETS, "ike", "ft-l", "memit", "grace", "wise")
 
