@@ -165,6 +165,20 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
 
 
+def read_json_list(path: str | os.PathLike[str], key: str, what: str, non_empty: bool = False) -> list[Any]:
+    """The list under ``key`` of a JSON object file (the kit's hand-written probe files), with an
+    error naming the file and ``what`` it holds when it is unreadable or not of that shape."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read {what} ({exc})") from None
+    rows = raw.get(key) if isinstance(raw, dict) else None
+    if not isinstance(rows, list) or (non_empty and not rows):
+        raise ValueError(f"{path}: expected an object with a {'non-empty ' if non_empty else ''}list '{key}'")
+    return rows
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write JSON with sorted keys and a trailing newline (byte-stable across reruns)."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

@@ -27,7 +27,7 @@ def score_with_hits(model: EditedModel, hits: list[torch.Tensor], prompts: Seque
                     batch_size: int = 32, max_length: int | None = None, before_batch=None) -> ScoreResult:
     """:func:`score_pairs` on the plain LM for a method whose hook appends, per forward, which
     rows [B] an edit acted on to ``hits``; the result's ``fired`` says it per row.
-    ``before_batch(rows, prompts, targets)`` runs before each batch's forward."""
+    ``before_batch(rows)`` (the batch's row indices) runs before its forward."""
     order: list[list[int]] = []
 
     def retrieve(idx: list[int]) -> RowPrompts:

@@ -172,31 +172,35 @@ class WISEMethod(ReplayedEdits, EditMethod):
                 self._hits.append(torch.zeros(len(x), dtype=torch.bool))
             return out
         if x.shape[1] == 1 and self._route is not None and len(self._route) == len(x):  # a cached decode step
-            route = self._route
+            route, sides = self._route, [None] * len(memories)
         else:
-            route = self._choose(x, out, memories)
+            route, sides = self._choose(x, out, memories)
             self._route = route
             if self._scoring:
                 self._hits.append(route >= 0)
         result = out
-        for m, memory in enumerate(memories):
+        for m, (memory, side) in enumerate(zip(memories, sides)):
             rows = route == m
             if bool(rows.any()):
-                result = torch.where(rows[:, None, None], F.linear(x, memory.weight.to(x.dtype)), result)
+                side = F.linear(x, memory.weight.to(x.dtype)) if side is None else side
+                result = torch.where(rows[:, None, None], side, result)
         return result
 
-    def _choose(self, x: torch.Tensor, out: torch.Tensor, memories: list[SideMemory]) -> torch.Tensor:
+    def _choose(self, x: torch.Tensor, out: torch.Tensor, memories: list[SideMemory]
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Per row [B]: the side memory with the largest gap over its question tokens, if that
-        gap reaches its threshold, else -1 (the main memory)."""
+        gap reaches its threshold, else -1 (the main memory); and each side memory's output
+        [B, L, out], computed for the gaps."""
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         if self._attention is not None and self._attention.dim() == 2 and self._attention.shape == mask.shape:
             mask &= self._attention.bool()
         if self._span is not None and self._span.shape == mask.shape:
             mask &= self._span
-        gaps = torch.stack([activation_gap(out, F.linear(x, m.weight.to(x.dtype)), mask) for m in memories])  # [M, B]
+        sides = [F.linear(x, m.weight.to(x.dtype)) for m in memories]
+        gaps = torch.stack([activation_gap(out, side, mask) for side in sides])  # [M, B]
         bars = torch.tensor([m.min_gap * self.config.act_ratio for m in memories], device=x.device)[:, None]
         best, which = (gaps - bars).max(dim=0)
-        return torch.where(best >= 0, which, torch.full_like(which, -1))
+        return torch.where(best >= 0, which, torch.full_like(which, -1)), sides
 
     def score(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32,
               max_length: int | None = None) -> ScoreResult:

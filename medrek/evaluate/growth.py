@@ -42,6 +42,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..data.records import EditRecord, records_sha256
+from ..io import read_json_list
 from ..memory import EditMemory, MemoryConfig
 
 __all__ = ["Neighbour", "with_unedited_answers", "neighbour_records", "load_neighbours", "load_locality_duplicates", "padded_memory", "RetrievalProbes", "retrieval_rates",
@@ -92,13 +93,7 @@ def load_neighbours(path: str | Path = NEIGHBOURS_FILE) -> list[Neighbour]:
     """The kit's hand-written neighbour questions (``medrek/data/medversa_test_neighbours.json``),
     checked field by field. Evaluation only: they are about MedVersa test edits."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read neighbour questions ({exc})") from None
-    rows = raw.get("neighbours") if isinstance(raw, dict) else None
-    if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected an object with a list 'neighbours'")
+    rows = read_json_list(path, "neighbours", "neighbour questions")
     out = []
     for k, row in enumerate(rows):
         for name in ("record_id", "prompt"):

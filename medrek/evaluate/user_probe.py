@@ -12,13 +12,13 @@ a user sees it. Evaluation only: nothing is trained, calibrated or selected on t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
+from ..io import read_json_list
 from .generation import contains_target
 
 __all__ = ["UserEdit", "USER_PROBE_FILE", "load_user_probe", "probe_retrieval", "probe_answers", "probe_summary"]
@@ -41,13 +41,7 @@ class UserEdit:
 def load_user_probe(path: str | Path = USER_PROBE_FILE) -> list[UserEdit]:
     """The probe's edits, checked field by field (a bad file names the edit and field)."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read the user-edit probe ({exc})") from None
-    rows = raw.get("edits") if isinstance(raw, dict) else None
-    if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{path}: expected an object with a non-empty list 'edits'")
+    rows = read_json_list(path, "edits", "the user-edit probe", non_empty=True)
     out, seen = [], set()
     for k, row in enumerate(rows):
         where = f"{path}: edit {k}"
