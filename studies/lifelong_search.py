@@ -40,7 +40,10 @@ GRIDS = {
     "grace": [{"radius": r} for r in (1.0, 3.0, 5.0, 6.0, 7.0)],
     # EasyEdit's margins (alpha 5, beta 20, gamma 10) are activation gaps of LLaMA-2-7B's 4,096-wide
     # FFN output; SmolLM2's is 576 wide, so the grid scales them down as well
-    "wise": [{"alpha": 5.0 * f, "beta": 20.0 * f, "gamma": 10.0 * f} for f in (1.0, 0.5, 0.25)],
+    "wise": [{"alpha": 5.0 * f, "beta": 20.0 * f, "gamma": 10.0 * f} for f in (2.0, 1.0, 0.5, 0.25)]
+    # ... and smaller knowledge shards (EasyEdit: 500 edits per shard, merged every 1,000), so that
+    # fewer edits share one side memory's weights before a merge
+    + [{"alpha": 10.0, "beta": 40.0, "gamma": 20.0, "save_freq": 10, "merge_freq": 20}],
 }
 
 

@@ -65,6 +65,7 @@ class EditMethod(ABC):
 
     name: str = "method"
     stateless: bool = False
+    edits_in_order: bool = False  # True: editing A then B equals editing [A, B] (memory growth then adds to what is held)
     retrieval: bool = False  # whether scores carry retrieval diagnostics (retrieved ids, margins)
     fires: bool | None = None  # whether scores say which rows an edit acted on (None: as ``retrieval``)
 
@@ -192,6 +193,7 @@ class ReplayedEdits:
     provides ``_edit_one(record)`` and ``_attach(on)`` (its hook on the LM, or off)."""
 
     history: list[EditRecord]
+    edits_in_order = True  # editing A then B equals editing [A, B]: memory growth adds to what is held
 
     def edit(self, records: Sequence[EditRecord]) -> None:
         """Apply ``records`` one at a time, in order (the subclass's ``_edit_one``), with its hook on."""

@@ -11,6 +11,11 @@ memory ``W'`` (a copy of its weight) with::
          + mean(relu(gap(irrelevant) - gap(edit) + gamma))
     gap(x) = mean over x's question tokens of |silu(W' a) - silu(W a)|     (a: the projection's input)
 
+where a question's tokens are those after the prefix every question shares (a chat template's
+system turn): under causal attention those tokens' activations are the same for every question,
+so they cannot tell an edited question from another one, and averaged in they drown the few that
+can (SmolLM2's template puts 24 such tokens before a 6-12-token question).
+
 Each ``save_freq`` edits form a knowledge shard: their gradient only reaches a random
 ``mask_ratio`` of W' (a fresh mask per shard); a finished shard is set aside and the next starts
 from W; every ``merge_freq`` edits the shards set aside are merged into one side memory with TIES
@@ -50,7 +55,7 @@ from .base import EditMethod, ReplayedEdits, score_with_hits
 from .ft import default_layer
 from .layers import check_partial_forward, decoder_layers, hidden_before, logits_at, module_input, projection
 
-__all__ = ["WISEConfig", "WISEMethod", "ties_merge", "activation_gap"]
+__all__ = ["WISEConfig", "WISEMethod", "ties_merge", "activation_gap", "shared_prefix_length"]
 
 FORMAT = "medrek.WISE/1"
 
@@ -101,6 +106,23 @@ def ties_merge(base: torch.Tensor, weights: Sequence[torch.Tensor], density: flo
     return base + merged
 
 
+def shared_prefix_length(model: EditedModel) -> int:
+    """How many tokens every formatted question starts with (the chat template's system turn and
+    user header; 0 for plain text), read off dissimilar probe questions."""
+    probes = ["Which organ makes insulin?", "zebra", "12 mg of what, daily?"]
+    rows = model.encode_pairs(probes, ["x"] * len(probes)).input_ids.tolist()
+    n = 0
+    while all(len(r) > n for r in rows) and len({r[n] for r in rows}) == 1:
+        n += 1
+    return n
+
+
+def past_prefix(mask: torch.Tensor, prefix: int) -> torch.Tensor:
+    """``mask`` [B, L] (one contiguous run of True per row, left- or right-padded) without its
+    first ``prefix`` tokens."""
+    return mask & (mask.long().cumsum(1) > prefix)
+
+
 @dataclass
 class SideMemory:
     weight: torch.Tensor  # [out, in]
@@ -130,6 +152,7 @@ class WISEMethod(ReplayedEdits, EditMethod):
         self.layer = self.config.layer if self.config.layer is not None else default_layer(n_layers, 0.8)
         self.module = projection(model.lm, self.layer, self.config.module)
         self.base = self.module.weight.detach()
+        self.prefix = shared_prefix_length(model)  # tokens no gap is measured on
         self._shortcut: bool | None = None
         self._handles: list[Any] = []
         self._span: torch.Tensor | None = None  # [B, L] question tokens of the rows being scored
@@ -141,7 +164,7 @@ class WISEMethod(ReplayedEdits, EditMethod):
         self.restore()
 
     def identity(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "layer": self.layer,
+        return {"config": asdict(self.config), "layer": self.layer, "gap_after": self.prefix,
                 "irrelevant": hashlib.sha256(repr(self.irrelevant).encode("utf-8")).hexdigest()[:16]}
 
     # ---- routing -----------------------------------------------------------------------------
@@ -196,6 +219,7 @@ class WISEMethod(ReplayedEdits, EditMethod):
             mask &= self._attention.bool()
         if self._span is not None and self._span.shape == mask.shape:
             mask &= self._span
+        mask = past_prefix(mask, self.prefix)
         sides = [F.linear(x, m.weight.to(x.dtype)) for m in memories]
         gaps = torch.stack([activation_gap(out, side, mask) for side in sides])  # [M, B]
         bars = torch.tensor([m.min_gap * self.config.act_ratio for m in memories], device=x.device)[:, None]
@@ -234,7 +258,8 @@ class WISEMethod(ReplayedEdits, EditMethod):
             self.mask = torch.rand(self.base.shape, generator=generator) < cfg.mask_ratio
         question, answer = self.irrelevant[_digest(record.record_id) % len(self.irrelevant)]
         batch = self.model.encode_pairs([record.prompt, question], [record.target_new, answer]).to(self.model.device)
-        span = batch.attention_mask.bool() & ~batch.target_mask  # [2, L] question tokens
+        span = batch.attention_mask.bool() & ~batch.target_mask
+        span = past_prefix(span, self.prefix)  # [2, L] question tokens past the shared prefix
         weight = self._train(batch, span)
         self.current = weight
         self.current_gaps.append(self._edit_gap(batch, span, weight))
