@@ -28,6 +28,7 @@ STEPS = {
     "train_throughput": ["train_throughput.py", "--config", "smoke"],
     "train_throughput_small": ["train_throughput.py", "--config", "small", "--steps", "6"],
     "long_targets": ["long_targets.py"],
+    "lifelong_cost": ["lifelong_cost.py"],
 }
 
 

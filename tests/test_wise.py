@@ -105,3 +105,25 @@ def test_scores_say_which_rows_the_side_memory_answered(wise):
     method.edit([_record(0, QUESTION, "Vitamin D")])
     result = method.score([OTHER, QUESTION, "What causes gout?"], ["Best", "Vitamin D", "Urea"], batch_size=2)
     assert result.fired.tolist() == [False, True, False]
+
+
+def test_the_gap_skips_the_prefix_every_question_shares(tiny_lm):
+    import copy
+
+    from medrek.baselines.wise import past_prefix, shared_prefix_length
+
+    lm, tokenizer = tiny_lm
+    bos = tokenizer("a")["input_ids"][:1] == tokenizer("b")["input_ids"][:1]
+    assert shared_prefix_length(EditedModel(lm, tokenizer)) == int(bos)  # plain text: at most the BOS token
+    templated = copy.deepcopy(tokenizer)
+    templated.chat_template = ("SYSTEM: answer briefly and well.\nUSER: {{ messages[0]['content'] }}\n"
+                               "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    model = EditedModel(lm, templated, chat_template=True)
+    n = shared_prefix_length(model)
+    system = templated("SYSTEM: answer briefly and well.\nUSER:", add_special_tokens=False)["input_ids"]
+    assert len(system) - 1 <= n <= len(system) + 1  # the system turn and user header (up to a merged space)
+    ids = model.encode_pairs([QUESTION, "How many legs has a spider?"], ["x", "y"]).input_ids
+    assert torch.equal(ids[0, :n], ids[1, :n]) and ids[0, n] != ids[1, n]
+    # right- and left-padded rows lose their first n tokens, whatever the padding
+    mask = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
+    assert past_prefix(mask, 2).tolist() == [[False, False, True, True, False], [False, False, False, True, True]]

@@ -73,6 +73,8 @@ CLAIM_TEXT = {
     "C2": "the shared query-key space retrieves the own edit more often and misfires less",
     "C3": "batch editing holds from 1 to 100 to 1,000 stored edits (MedREK; within 2 points)",
     "C4": "retrieval editing keeps locality where FT-L and MEMIT lose it (batch 100)",
+    "C5": "with 1,000 edits stored, the retrieval editor holds at least as well as the lifelong editors GRACE and "
+          "WISE (edited one at a time, in order; within 2 points)",
 }
 
 
@@ -93,6 +95,12 @@ def _claims() -> list[Comparison]:
                           margin=0.02, metric_b="locality"))
     for baseline in ("ft-l", "memit"):
         out.append(Comparison("C4", "locality", Side("medrek", *batch), Side(baseline, *batch)))
+    # the kit's addition: the lifelong-editing yardsticks, on the growth rows (the same 200 requests,
+    # the same 1,000 edits stored), neighbour questions included
+    for baseline in ("grace", "wise"):
+        for metric in ("efficacy", "generality", "locality", "locality/neighbour"):
+            out.append(Comparison("C5", metric, Side("medrek", "growth", 1000), Side(baseline, "growth", 1000),
+                                  margin=0.02))
     return out
 
 
