@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from medrek.baselines.ft import FTConfig
+from medrek.baselines.ft import FTConfig, default_layer
+from medrek.baselines.grace import GRACEConfig
 from medrek.baselines.ike import IKE_TEMPLATE
 from medrek.baselines.memit import MEMITConfig
+from medrek.baselines.wise import WISEConfig
 from medrek.editor import checkpoint_fingerprint
 from medrek.evaluate.results import read_growth_records, read_per_record, read_results
 from medrek.io import read_json
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "small"
 PARAMS = yaml.safe_load((ROOT / "params" / "small.yaml").read_text())["notebooks"]
 SPLIT = PARAMS["05_paper_figures"]["split"]
+SMOLLM2_LAYERS = 30  # SmolLM2-135M's decoder layers: where GRACE and WISE hook in (80% up) follows from it
 
 
 def _fingerprints() -> dict[str, str]:
@@ -41,6 +44,10 @@ def expected_identity(method: str, fingerprints: dict[str, str], stage: str) -> 
         return {"config": asdict(FTConfig(**params.get("ft", {})))}
     if method == "memit":
         return {"config": asdict(MEMITConfig(**params.get("memit", {})))}
+    if method == "grace":
+        return {"config": asdict(GRACEConfig(**params.get("grace", {}))), "layer": default_layer(SMOLLM2_LAYERS, 0.8)}
+    if method == "wise":  # plus what the LM and data decide: the shared template prefix, the irrelevant pairs' hash
+        return {"config": asdict(WISEConfig(**params.get("wise", {}))), "layer": default_layer(SMOLLM2_LAYERS, 0.8)}
     if method == "unedited":
         return {}
     raise AssertionError(f"results/small has rows of {method!r}, which params/small.yaml does not evaluate")
@@ -60,7 +67,11 @@ def test_every_per_request_file_was_made_by_a_committed_editor(sidecar, fingerpr
     meta = read_json(sidecar)
     labels = meta.get("labels") or {}
     stage = "04_batch_edit" if meta.get("protocol") == "growth" or labels.get("protocol") == "batch" else "03_single_edit"
-    assert meta["identity"] == expected_identity(meta["method"], fingerprints, stage), sidecar.name
+    identity = dict(meta["identity"])
+    if meta["method"] == "wise":
+        assert identity.pop("gap_after") == 24, sidecar.name  # SmolLM2's chat-template system turn
+        assert len(identity.pop("irrelevant")) == 16, sidecar.name
+    assert identity == expected_identity(meta["method"], fingerprints, stage), sidecar.name
     assert labels.get("lm") == PARAMS[stage]["lm"] and labels.get("chat_template") == PARAMS[stage]["chat_template"]
     assert labels["split"] in (SPLIT, "test"), sidecar.name  # growth labels the split it padded from
 

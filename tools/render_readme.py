@@ -42,7 +42,8 @@ SMALL = ROOT / "results" / "small" / "metrics"
 SUITE = ROOT / "bench" / "results" / "test_suite.json"
 TRAINED = ["medrek-lm-embedding", "recipe-lm-embedding", "medrek", "recipe"]
 EVAL_SPLIT = "test-first200"
-EVAL_METHODS = ["unedited", "medrek-lm-embedding", "recipe-lm-embedding", "medrek", "recipe", "ike", "ft-l", "memit"]
+EVAL_METHODS = ["unedited", "medrek-lm-embedding", "recipe-lm-embedding", "medrek", "recipe", "ike", "ft-l", "memit",
+                "grace", "wise"]
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -150,7 +151,7 @@ def eval_table() -> str:
     return "\n".join(rows)
 
 
-GROWTH_METHODS = ["medrek-lm-embedding", "ike", "medrek", "recipe"]
+GROWTH_METHODS = ["medrek-lm-embedding", "ike", "medrek", "recipe", "grace", "wise"]
 
 
 GROWTH_COLUMNS = [("efficacy", "efficacy"), ("generality", "generality"), ("locality", "locality"),
