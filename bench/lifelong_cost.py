@@ -23,7 +23,7 @@ import yaml
 from common import save
 
 from medrek import load_split
-from medrek.baselines import build_method
+from medrek.baselines import build_method, locality_pairs
 from medrek.models.registry import load_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def main() -> None:
     settings = yaml.safe_load(Path(args.params).read_text())["notebooks"]["04_batch_edit"]
     lm = load_causal_lm("smollm2-135m", seed=0)
     records = load_split("medversa", "valid", args.data_dir)[: args.n_edits]
-    irrelevant = [(p.prompt, p.answer) for r in load_split("medversa", "train", args.data_dir) for p in r.locality.values()]
+    irrelevant = locality_pairs(load_split("medversa", "train", args.data_dir))
     result: dict = {"lm": "smollm2-135m", "n_edits": len(records), "params": Path(args.params).name,
                     "grace": settings.get("grace", {}), "wise": settings.get("wise", {})}
     half = len(records) // 2

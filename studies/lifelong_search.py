@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
-from medrek.baselines import build_method  # noqa: E402
+from medrek.baselines import build_method, locality_pairs  # noqa: E402
 from medrek.data.loaders import load_split  # noqa: E402
 from medrek.editor import EditedModel, resolve_chat_template  # noqa: E402
 from medrek.evaluate.metrics import avg_score  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="grid entries by tag")
     args = parser.parse_args()
     records = load_split("medversa", "valid", args.data_dir)[: args.n]
-    irrelevant = [(p.prompt, p.answer) for r in load_split("medversa", "train", args.data_dir) for p in r.locality.values()]
+    irrelevant = locality_pairs(load_split("medversa", "train", args.data_dir))
     lm = load_causal_lm("smollm2-135m", seed=args.seed)
     plain = EditedModel(*lm, chat_template=resolve_chat_template(lm[1], "auto"))
     reference = unedited_locality_predictions(plain, records, 32, None)

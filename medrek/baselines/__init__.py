@@ -21,10 +21,10 @@ from .ft import FTConfig, FTLMethod
 from .grace import GRACEConfig, GRACEMethod
 from .ike import InContextMethod
 from .memit import MEMITConfig, MEMITMethod
-from .wise import WISEConfig, WISEMethod
+from .wise import WISEConfig, WISEMethod, locality_pairs
 
 __all__ = ["EditMethod", "ParameterEditingMethod", "RetrievalMethod", "UneditedMethod", "FTConfig", "FTLMethod",
-           "GRACEConfig", "GRACEMethod", "InContextMethod", "MEMITConfig", "MEMITMethod", "WISEConfig", "WISEMethod",
+           "GRACEConfig", "GRACEMethod", "InContextMethod", "MEMITConfig", "MEMITMethod", "WISEConfig", "WISEMethod", "locality_pairs",
            "METHODS", "build_method", "config_from"]
 
 METHODS = ("unedited", *PRESETS, "ike", "ft-l", "memit", "grace", "wise")

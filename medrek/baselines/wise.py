@@ -55,7 +55,7 @@ from .base import EditMethod, ReplayedEdits, score_with_hits
 from .ft import default_layer
 from .layers import check_partial_forward, decoder_layers, hidden_before, logits_at, module_input, projection
 
-__all__ = ["WISEConfig", "WISEMethod", "ties_merge", "activation_gap", "shared_prefix_length"]
+__all__ = ["WISEConfig", "WISEMethod", "ties_merge", "activation_gap", "shared_prefix_length", "locality_pairs"]
 
 FORMAT = "medrek.WISE/1"
 
@@ -104,6 +104,12 @@ def ties_merge(base: torch.Tensor, weights: Sequence[torch.Tensor], density: flo
     agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
     merged = (trimmed * agree).sum(0) / agree.sum(0).clamp_min(1)
     return base + merged
+
+
+def locality_pairs(records: Sequence[EditRecord]) -> list[tuple[str, str]]:
+    """Every (question, answer) of ``records``' locality probes: the unrelated questions WISE
+    keeps its side memory quiet on (``irrelevant``)."""
+    return [(p.prompt, p.answer) for r in records for p in r.locality.values()]
 
 
 def shared_prefix_length(model: EditedModel) -> int:

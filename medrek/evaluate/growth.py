@@ -280,7 +280,7 @@ def run_growth(method, evaluated: Sequence[EditRecord], padding: Sequence[EditRe
     write_json(sig_path, {**signature, "sizes": sizes})
     done = {int(r["stored"]) for r in rows}
     idx = list(range(len(evaluated)))
-    in_order = bool(getattr(method, "edits_in_order", False))
+    in_order = method.edits_in_order
     method.restore()
     held = _resume_state(method, state_dir, padded_memory(evaluated, padding, max(done))) if in_order and done else 0
     try:
