@@ -1,4 +1,4 @@
-"""What an edit costs: the working editor against the lifelong editors GRACE and WISE.
+"""What an edit costs: the working editor against GRACE, WISE, and FT-L and MEMIT edited in order.
 
     python bench/lifelong_cost.py [--n-edits 20] [--checkpoint checkpoints/small/medrek-lm-embedding]
 
@@ -7,12 +7,14 @@ by each method on the same LM (SmolLM2-135M-Instruct, chat template), with the s
 ``params/small.yaml`` names. Reported per method: seconds per edit (the mean over the edits after
 the first, which pays one-off set-up) and what the saved state weighs after ``n/2`` and ``n``
 edits, so the bytes each further edit adds (WISE's side memory is one copy of a projection per
-shard of 500 edits: its bytes do not grow with edits inside a shard). Ratios are within this run.
+shard of 500 edits: its bytes do not grow with edits inside a shard; FT-L and MEMIT, wrapped in
+``one_at_a_time``, save the weights they changed, a fixed size). Ratios are within this run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +25,11 @@ import yaml
 from common import save
 
 from medrek import load_split
-from medrek.baselines import build_method, locality_pairs
+from medrek.baselines import build_method, locality_pairs, one_at_a_time
 from medrek.models.registry import load_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("medrek-lm-embedding", "grace", "wise", "ft-l", "memit")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -59,11 +62,16 @@ def main() -> None:
     records = load_split("medversa", "valid", args.data_dir)[: args.n_edits]
     irrelevant = locality_pairs(load_split("medversa", "train", args.data_dir))
     result: dict = {"lm": "smollm2-135m", "n_edits": len(records), "params": Path(args.params).name,
-                    "grace": settings.get("grace", {}), "wise": settings.get("wise", {})}
+                    **{key: settings.get(key, {}) for key in ("grace", "wise", "ft", "memit")}}
+    stats_texts = [f"{r.prompt} {r.target_new}" for r in load_split("medversa", settings.get("memit_stats_split", "train"),
+                                                                     args.data_dir)]
     half = len(records) // 2
-    for name in ("medrek-lm-embedding", "grace", "wise"):
-        method = build_method(name, lm, checkpoints={"medrek-lm-embedding": args.checkpoint}, chat_template="auto",
-                              grace=settings.get("grace"), wise=settings.get("wise"), irrelevant=irrelevant)
+    for name in METHODS:
+        method = one_at_a_time(build_method(
+            name, lm, checkpoints={"medrek-lm-embedding": args.checkpoint}, chat_template="auto",
+            grace=settings.get("grace"), wise=settings.get("wise"), ft=settings.get("ft"), memit=settings.get("memit"),
+            irrelevant=irrelevant, memit_texts=stats_texts, lm_name="smollm2-135m",
+            cache_dir=os.environ.get("MEDREK_CACHE_DIR")))
         seconds, held = [], {}
         for i, record in enumerate(records, 1):
             start = time.perf_counter()
@@ -78,7 +86,7 @@ def main() -> None:
                         "bytes_per_further_edit": (held[len(records)] - held[half]) / (len(records) - half)}
         print(name, result[name])
     base = result["medrek-lm-embedding"]["seconds_per_edit"]
-    for name in ("grace", "wise"):
+    for name in METHODS[1:]:
         result[name]["seconds_vs_working_editor"] = result[name]["seconds_per_edit"] / base
     save("lifelong_cost", result)
 

@@ -71,6 +71,8 @@ def test_every_per_request_file_was_made_by_a_committed_editor(sidecar, fingerpr
     if meta["method"] == "wise":
         assert identity.pop("gap_after") == 24, sidecar.name  # SmolLM2's chat-template system turn
         assert len(identity.pop("irrelevant")) == 16, sidecar.name
+    if meta["method"] in ("ft-l", "memit") and meta.get("protocol") == "growth":  # the sequential protocol
+        assert identity.pop("edits") == "one at a time", sidecar.name
     assert identity == expected_identity(meta["method"], fingerprints, stage), sidecar.name
     assert labels.get("lm") == PARAMS[stage]["lm"] and labels.get("chat_template") == PARAMS[stage]["chat_template"]
     assert labels["split"] in (SPLIT, "test"), sidecar.name  # growth labels the split it padded from

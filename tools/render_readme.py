@@ -17,9 +17,11 @@ the ``docs/`` page that ``PAGES`` names:
 - ``long-edits``: the long-edits study (``studies/results/long_edits.json``);
 - ``user-probe``: a user's own edits, paraphrases and neighbours (``studies/results/user_probe.json``);
 - ``lifelong-search``: GRACE's and WISE's validation search (``studies/results/lifelong_search.json``);
+- ``lifelong-cost``: seconds and bytes per edit, one at a time, of the working editor, GRACE, WISE,
+  FT-L and MEMIT (``bench/results/lifelong_cost.json``);
 - ``working-bench``: the working editor's cost (``bench/results/working_memory.json``,
   ``inference_overhead.json``);
-- ``claims``: the paper's claims C1-C4 with intervals and verdicts, computed again from the
+- ``claims``: the paper's claims C1-C4 and the kit's C5 with intervals and verdicts, computed again from the
   per-request results in ``results/small/metrics/`` (``medrek.evaluate.claims``, notebook 05's seed).
 
     python tools/render_readme.py           # rewrite README.md in place
@@ -151,7 +153,7 @@ def eval_table() -> str:
     return "\n".join(rows)
 
 
-GROWTH_METHODS = ["medrek-lm-embedding", "ike", "medrek", "recipe", "grace", "wise"]
+GROWTH_METHODS = ["medrek-lm-embedding", "ike", "medrek", "recipe", "grace", "wise", "ft-l", "memit"]
 
 
 GROWTH_COLUMNS = [("efficacy", "efficacy"), ("generality", "generality"), ("locality", "locality"),
@@ -257,6 +259,22 @@ def growth_headline() -> str:
     return "\n".join(rows)
 
 
+def lifelong_cost() -> str:
+    """What one edit costs each method, edited one at a time on the same LM (seconds on this
+    JSON's machine, bytes of the saved state)."""
+    data = json.loads((ROOT / "bench" / "results" / "lifelong_cost.json").read_text("utf-8"))
+    n, half = data["n_edits"], data["n_edits"] // 2
+    rows = [f"| method ({data['n_edits']} MedVersa valid edits in order, {data['machine']['cores']}-core CPU) "
+            f"| seconds per edit | x working editor | saved state after {n} edits | bytes per further edit |",
+            "|---|---:|---:|---:|---:|"]
+    for method in [m for m in GROWTH_METHODS if m in data]:
+        r = data[method]
+        ratio = r.get("seconds_vs_working_editor")
+        rows.append(f"| {method} | {r['seconds_per_edit']:.3f} | {'-' if ratio is None else f'{ratio:,.0f}'} "
+                    f"| {r[f'bytes_after_{n}'] / 1e3:,.1f} KB | {max(r['bytes_per_further_edit'], 0.0):,.0f} |")
+    return "\n".join(rows)
+
+
 def working_bench() -> str:
     """The README's compact benchmark table of the working editor: bytes and RAM per stored edit,
     and the overhead users feel."""
@@ -300,12 +318,12 @@ def claims() -> str:
 SECTIONS = {"suite": suite, "reproduce-time": reproduce_time, "headline": headline, "train-table": train_table, "eval-table": eval_table,
             "growth-table": growth_table, "ladder": ladder, "claims": claims, "working-bench": working_bench,
             "growth-leads": growth_leads, "long-edits": long_edits,
-            "user-probe": user_probe, "lifelong-search": lifelong_search}
+            "user-probe": user_probe, "lifelong-search": lifelong_search, "lifelong-cost": lifelong_cost}
 PAGES = {"suite": "README.md", "reproduce-time": "README.md", "headline": "README.md", "train-table": "docs/training.md",
          "eval-table": "docs/evaluation.md", "growth-table": "docs/evaluation.md", "ladder": "docs/evaluation.md",
          "claims": "README.md", "working-bench": "README.md", "growth-leads": "docs/evaluation.md",
          "long-edits": "docs/benchmarks.md", "user-probe": "docs/evaluation.md",
-         "lifelong-search": "docs/evaluation.md"}
+         "lifelong-search": "docs/evaluation.md", "lifelong-cost": "docs/evaluation.md"}
 
 
 def render_page(page: str, text: str) -> str:

@@ -5,7 +5,8 @@
 trained checkpoint); ``ike`` (in-context editing with a trained retriever); and the
 parameter-editing baselines ``ft-l`` and ``memit``; and the lifelong editor ``grace`` (a
 codebook at one layer) and ``wise`` (a routed side copy of one FFN projection), the LM's
-weights untouched by both.
+weights untouched by both. :func:`one_at_a_time` turns FT-L or MEMIT into their sequential
+form (one edit at a time, on the weights the earlier edits left), for memory growth.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from .ft import FTConfig, FTLMethod
 from .grace import GRACEConfig, GRACEMethod
 from .ike import InContextMethod
 from .memit import MEMITConfig, MEMITMethod
+from .sequential import OneAtATime, one_at_a_time
 from .wise import WISEConfig, WISEMethod, locality_pairs
 
 __all__ = ["EditMethod", "ParameterEditingMethod", "RetrievalMethod", "UneditedMethod", "FTConfig", "FTLMethod",
-           "GRACEConfig", "GRACEMethod", "InContextMethod", "MEMITConfig", "MEMITMethod", "WISEConfig", "WISEMethod", "locality_pairs",
+           "GRACEConfig", "GRACEMethod", "InContextMethod", "MEMITConfig", "MEMITMethod", "OneAtATime", "one_at_a_time", "WISEConfig", "WISEMethod", "locality_pairs",
            "METHODS", "build_method", "config_from"]
 
 METHODS = ("unedited", *PRESETS, "ike", "ft-l", "memit", "grace", "wise")

@@ -19,7 +19,7 @@ from ..data.records import EditRecord
 from ..editor import EditedModel, Editor, RowPrompts, ScoreResult, pad_prompts, score_pairs
 from ..memory import EditMemory
 
-__all__ = ["EditMethod", "RetrievalMethod", "UneditedMethod", "ParameterEditingMethod", "ReplayedEdits", "generate_plain",
+__all__ = ["EditMethod", "RetrievalMethod", "UneditedMethod", "ParameterEditingMethod", "ReplayedEdits", "edits_json", "generate_plain",
            "score_with_hits"]
 
 
@@ -186,6 +186,12 @@ class RetrievalMethod(EditMethod):
         return out
 
 
+def edits_json(records: Sequence[EditRecord]) -> list[dict[str, str]]:
+    """The JSON form of edits (id, prompt, target_new) a method's saved state lists in order;
+    :meth:`ReplayedEdits.history_from_json` reads it back."""
+    return [{"id": r.record_id, "prompt": r.prompt, "target_new": r.target_new} for r in records]
+
+
 class ReplayedEdits:
     """For methods whose edits are applied one at a time and trained deterministically (GRACE,
     WISE): the edits so far, in order, so that ``remove(id)`` can apply the others again (the
@@ -215,7 +221,7 @@ class ReplayedEdits:
         self.edit(keep)
 
     def history_json(self) -> list[dict[str, str]]:
-        return [{"id": r.record_id, "prompt": r.prompt, "target_new": r.target_new} for r in self.history]
+        return edits_json(self.history)
 
     @staticmethod
     def history_from_json(rows: Sequence[dict[str, str]]) -> list[EditRecord]:

@@ -1,0 +1,103 @@
+"""The sequential protocol for FT-L and MEMIT (OneAtATime) on the tiny models: one edit at a
+time equals editing each alone on the weights the earlier ones left, restore is exact, the
+state saves and loads bit for bit, and memory growth grows it and resumes from the saved state."""
+
+import pytest
+import torch
+from conftest import make_records
+
+from medrek.baselines import (FTConfig, FTLMethod, GRACEConfig, GRACEMethod, MEMITConfig, MEMITMethod, OneAtATime,
+                              one_at_a_time)
+from medrek.editor import EditedModel
+from medrek.io import CheckpointError
+
+
+def _state(lm):
+    return {k: v.detach().clone() for k, v in lm.state_dict().items()}
+
+
+def _ft(tiny_lm, steps=4):
+    return FTLMethod(EditedModel(*tiny_lm), FTConfig(layer=1, steps=steps, lr=1e-2, norm_constraint=5e-3))
+
+
+def _memit(tiny_lm):
+    texts = [f"{r.prompt} {r.target_new}" for r in make_records(7)]
+    return MEMITMethod(EditedModel(*tiny_lm), texts, MEMITConfig(layers=(0,), v_steps=5, mom2_weight=10.0))
+
+
+@pytest.fixture(params=["ft-l", "memit"])
+def sequential(request, tiny_lm):
+    method = OneAtATime(_ft(tiny_lm) if request.param == "ft-l" else _memit(tiny_lm))
+    yield method
+    method.restore()  # the tiny LM is shared by the session
+
+
+def test_one_at_a_time_is_each_edit_alone_on_the_weights_before_it(sequential, tiny_lm):
+    records = make_records(3)
+    before = _state(sequential.model.lm)
+    sequential.edit(records)
+    ours = _state(sequential.model.lm)
+    assert [r.record_id for r in sequential.history] == ["r0", "r1", "r2"]
+    sequential.restore()
+    assert all(torch.equal(v, before[k]) for k, v in sequential.model.lm.state_dict().items())
+    for record in records:  # by hand, with the inner method
+        sequential.inner.edit([record])
+    by_hand = _state(sequential.model.lm)
+    sequential.inner.restore()
+    assert all(torch.equal(by_hand[k], ours[k]) for k in ours)
+    sequential.inner.edit(records)  # the batch protocol: one update for all three, another result
+    batch = _state(sequential.model.lm)
+    sequential.inner.restore()
+    assert any(not torch.equal(batch[k], ours[k]) for k in ours)
+
+
+def test_save_and_load_round_trip_and_refuse_another_method(sequential, tiny_lm, tmp_path):
+    records = make_records(3)
+    sequential.edit(records)
+    edited = sequential.score([r.prompt for r in records], [r.target_new for r in records])
+    sequential.save(tmp_path / "s")
+    sequential.restore()
+    sequential.load(tmp_path / "s")
+    assert torch.equal(sequential.score([r.prompt for r in records], [r.target_new for r in records]).nll, edited.nll)
+    assert [r.record_id for r in sequential.history] == ["r0", "r1", "r2"]
+    sequential.restore()
+    other = OneAtATime(FTLMethod(EditedModel(*tiny_lm), FTConfig(layer=0, steps=2)))
+    with pytest.raises(CheckpointError, match="identity"):
+        other.load(tmp_path / "s")
+    (tmp_path / "s" / "one_at_a_time.json").write_text('{"format": "something else"}')
+    with pytest.raises(CheckpointError, match="not a medrek"):
+        sequential.load(tmp_path / "s")
+
+
+def test_one_at_a_time_wraps_parameter_editors_only(tiny_lm):
+    ft = _ft(tiny_lm)
+    assert isinstance(one_at_a_time(ft), OneAtATime) and one_at_a_time(ft).name == "ft-l"
+    assert one_at_a_time(ft).identity() == {**ft.identity(), "edits": "one at a time"}
+    grace = GRACEMethod(EditedModel(*tiny_lm), GRACEConfig(layer=0))
+    assert one_at_a_time(grace) is grace
+    with pytest.raises(TypeError, match="parameter editor"):
+        OneAtATime(grace)
+
+
+def test_memory_growth_grows_ft_l_one_edit_at_a_time_and_resumes(tiny_lm, tmp_path):
+    from medrek.evaluate import unedited_locality_predictions
+    from medrek.evaluate.growth import run_growth
+
+    records = make_records(7)
+    reference = unedited_locality_predictions(EditedModel(*tiny_lm), records[:3])
+    method = OneAtATime(_ft(tiny_lm, steps=3))
+    edited: list[int] = []
+    plain_edit = method.edit
+    method.edit = lambda recs: (edited.append(len(recs)), plain_edit(recs))
+    scratch = [run_growth(method, records[:3], records, [n], reference, tmp_path / f"scratch{n}.csv", progress=False)
+               for n in (3, 5, 7)]
+    edited.clear()
+    path, state = tmp_path / "grown.csv", tmp_path / "state"
+    run_growth(method, records[:3], records, [3, 5], reference, path, progress=False, state_dir=state)
+    assert edited == [3, 2] and not method.history
+    edited.clear()
+    grown = run_growth(method, records[:3], records, [3, 5, 7], reference, path, progress=False, state_dir=state)
+    assert edited == [2]  # the 5 saved edits are loaded, the last 2 added
+    for n, alone in zip((3, 5, 7), scratch):
+        rows = grown[grown["stored"] == n].reset_index(drop=True)
+        assert rows[["efficacy", "generality", "locality"]].equals(alone[["efficacy", "generality", "locality"]])
