@@ -71,3 +71,35 @@ def make_records(n: int = 7) -> list[EditRecord]:
     return [EditRecord(f"r{i}", q, f"answer {i}", "old", (f"Tell me: {q.lower()}",), f"subject{i % 2}",
                        {"locality": LocalityProbe(f"Unrelated question {i}?", f"reply {i}")})
             for i, q in enumerate(QUESTIONS[:n])]
+
+
+def check_growth_grows_and_resumes(method, tiny_lm, tmp_path):
+    """Memory growth of a method that edits in order (GRACE, WISE, OneAtATime) on 7 records, 3
+    scored: growing reproduces building each size from scratch, a size adds only its new edits,
+    the method is restored afterwards, and a rerun loads the saved state and adds the rest.
+    Returns the rows of the first run (sizes 3, 5) and of the resumed one (3, 5, 7)."""
+    from medrek.editor import EditedModel
+    from medrek.evaluate import unedited_locality_predictions
+    from medrek.evaluate.growth import run_growth
+
+    records = make_records(7)
+    reference = unedited_locality_predictions(EditedModel(*tiny_lm), records[:3])
+    edited: list[int] = []
+    plain_edit = method.edit
+    method.edit = lambda recs: (edited.append(len(recs)), plain_edit(recs))  # count what each size edits
+
+    # one size at a time, each from scratch: what growing must reproduce
+    scratch = [run_growth(method, records[:3], records, [n], reference, tmp_path / f"scratch{n}.csv", progress=False)
+               for n in (3, 5, 7)]
+    edited.clear()
+    path, state = tmp_path / "grown.csv", tmp_path / "state"
+    first = run_growth(method, records[:3], records, [3, 5], reference, path, progress=False, state_dir=state)
+    assert edited == [3, 2]  # the second size adds 2 edits to the 3 held
+    assert len(method.history) == 0  # restored afterwards
+    edited.clear()
+    grown = run_growth(method, records[:3], records, [3, 5, 7], reference, path, progress=False, state_dir=state)
+    assert edited == [2]  # a rerun loads the 5 saved edits and adds the last 2
+    for n, alone in zip((3, 5, 7), scratch):
+        rows = grown[grown["stored"] == n].reset_index(drop=True)
+        assert rows[["efficacy", "generality", "locality"]].equals(alone[["efficacy", "generality", "locality"]])
+    return first, grown

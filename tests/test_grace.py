@@ -113,30 +113,9 @@ def test_scores_say_which_rows_a_key_caught(grace):
 
 
 def test_memory_growth_adds_to_what_is_held_and_resumes_from_the_saved_state(grace, tiny_lm, tmp_path):
-    from conftest import make_records
+    from conftest import check_growth_grows_and_resumes
 
-    from medrek.evaluate import unedited_locality_predictions
-    from medrek.evaluate.growth import run_growth
-
-    records = make_records(7)
-    reference = unedited_locality_predictions(EditedModel(*tiny_lm), records[:3])
     method = grace(radius=1.0, steps=5)
-    edited: list[int] = []
-    plain_edit = method.edit
-    method.edit = lambda recs: (edited.append(len(recs)), plain_edit(recs))  # count what each size edits
-
-    # one size at a time, each from scratch: what growing must reproduce
-    scratch = [run_growth(method, records[:3], records, [n], reference, tmp_path / f"scratch{n}.csv", progress=False)
-               for n in (3, 5, 7)]
-    edited.clear()
-    path, state = tmp_path / "grown.csv", tmp_path / "state"
-    first = run_growth(method, records[:3], records, [3, 5], reference, path, progress=False, state_dir=state)
-    assert edited == [3, 2]  # the second size adds 2 edits to the 3 held
-    assert len(method.history) == 0 and len(method.codebook) == 0  # restored afterwards
-    edited.clear()
-    grown = run_growth(method, records[:3], records, [3, 5, 7], reference, path, progress=False, state_dir=state)
-    assert edited == [2]  # a rerun loads the 5 saved edits and adds the last 2
-    for n, alone in zip((3, 5, 7), scratch):
-        rows = grown[grown["stored"] == n].reset_index(drop=True)
-        assert rows[["efficacy", "generality", "locality"]].equals(alone[["efficacy", "generality", "locality"]])
+    first, grown = check_growth_grows_and_resumes(method, tiny_lm, tmp_path)
+    assert len(method.codebook) == 0  # restored afterwards
     assert first.equals(grown[grown["stored"] < 7].reset_index(drop=True))

@@ -80,24 +80,6 @@ def test_one_at_a_time_wraps_parameter_editors_only(tiny_lm):
 
 
 def test_memory_growth_grows_ft_l_one_edit_at_a_time_and_resumes(tiny_lm, tmp_path):
-    from medrek.evaluate import unedited_locality_predictions
-    from medrek.evaluate.growth import run_growth
+    from conftest import check_growth_grows_and_resumes
 
-    records = make_records(7)
-    reference = unedited_locality_predictions(EditedModel(*tiny_lm), records[:3])
-    method = OneAtATime(_ft(tiny_lm, steps=3))
-    edited: list[int] = []
-    plain_edit = method.edit
-    method.edit = lambda recs: (edited.append(len(recs)), plain_edit(recs))
-    scratch = [run_growth(method, records[:3], records, [n], reference, tmp_path / f"scratch{n}.csv", progress=False)
-               for n in (3, 5, 7)]
-    edited.clear()
-    path, state = tmp_path / "grown.csv", tmp_path / "state"
-    run_growth(method, records[:3], records, [3, 5], reference, path, progress=False, state_dir=state)
-    assert edited == [3, 2] and not method.history
-    edited.clear()
-    grown = run_growth(method, records[:3], records, [3, 5, 7], reference, path, progress=False, state_dir=state)
-    assert edited == [2]  # the 5 saved edits are loaded, the last 2 added
-    for n, alone in zip((3, 5, 7), scratch):
-        rows = grown[grown["stored"] == n].reset_index(drop=True)
-        assert rows[["efficacy", "generality", "locality"]].equals(alone[["efficacy", "generality", "locality"]])
+    check_growth_grows_and_resumes(OneAtATime(_ft(tiny_lm, steps=3)), tiny_lm, tmp_path)

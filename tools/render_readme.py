@@ -263,7 +263,7 @@ def lifelong_cost() -> str:
     """What one edit costs each method, edited one at a time on the same LM (seconds on this
     JSON's machine, bytes of the saved state)."""
     data = json.loads((ROOT / "bench" / "results" / "lifelong_cost.json").read_text("utf-8"))
-    n, half = data["n_edits"], data["n_edits"] // 2
+    n = data["n_edits"]
     rows = [f"| method ({data['n_edits']} MedVersa valid edits in order, {data['machine']['cores']}-core CPU) "
             f"| seconds per edit | x working editor | saved state after {n} edits | bytes per further edit |",
             "|---|---:|---:|---:|---:|"]

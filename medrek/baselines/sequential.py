@@ -64,20 +64,18 @@ class OneAtATime(EditMethod):
         return self.inner.generate(texts, max_new_tokens, **kwargs)
 
     # ---- state: the edited weights and the edits so far -----------------------------------------
-    def _parameter_names(self) -> dict[int, str]:
-        return {id(p): n for n, p in self.model.lm.named_parameters()}
-
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """``folder/one_at_a_time.safetensors`` (every weight the edits changed, as it is now) and
         ``folder/one_at_a_time.json`` (method, identity, which weight is which, the edits in
         order), swapped in as one folder."""
-        names = self._parameter_names()
-        touched = {key: names[id(param)] for key, (param, _) in self.inner._originals.items()}
+        names = {id(p): n for n, p in self.model.lm.named_parameters()}
+        touched = {key: (names[id(param)], param) for key, (param, _) in self.inner._originals.items()}
         with atomic_folder(folder) as tmp:
-            save_file({qual: self.inner._originals[key][0].detach().cpu().contiguous() for key, qual in touched.items()},
+            save_file({qual: param.detach().cpu().contiguous() for qual, param in touched.values()},
                       str(tmp / "one_at_a_time.safetensors"))
             write_json(tmp / "one_at_a_time.json", {
-                "format": FORMAT, "method": self.name, "identity": self.identity(), "weights": touched,
+                "format": FORMAT, "method": self.name, "identity": self.identity(),
+                "weights": {key: qual for key, (qual, _) in touched.items()},
                 "history": edits_json(self.history)})
         return Path(folder)
 
