@@ -8,8 +8,10 @@ the ``docs/`` page that ``PAGES`` names:
 - ``headline``: the README's compact results table (``results/small/metrics/results.csv``);
 - ``reproduce-time``: how long ``make reproduce`` trains, from the committed editors' own training
   logs (``checkpoints/small/*/train_log_*.csv``, ``retrieval_stage.json``);
-- ``train-table``: validation of the small run's editors during training
-  (``results/small/metrics/train_valid_*.csv``, ``gate_calibration.csv``);
+- ``train-table``: validation of the committed editors during their training (their own logs,
+  ``checkpoints/small/*/train_valid_*.csv`` and ``gate_calibration.csv``);
+- ``retrain-check``: notebook 02's retrain in ``results/small`` against the committed editors
+  (``results/small/metrics/retrain_check.json``, by ``tools/retrain_check.py``);
 - ``eval-table``: the small evaluation (``results/small/metrics/results.csv``);
 - ``growth-table``: memory growth of the committed editors (``results/small/metrics/growth.csv``);
 - ``ladder``: the retrieval ladder (``studies/results/retrieval_ladder.json``);
@@ -107,7 +109,8 @@ def reproduce_time() -> str:
             f"{training_minutes('recipe-lm-embedding'):.0f} for its twin `recipe-lm-embedding`; "
             f"{training_minutes('medrek'):.0f} and {training_minutes('recipe'):.0f} for the paper's MedREK and RECIPE, "
             "partly shared with test runs), as the committed editors' training logs in `checkpoints/small/` record "
-            "them on 2 cores, and the evaluation on the first 200 test requests (notebooks 03-05; their measured "
+            "them on 2 cores (today's trainer takes about half as long: [a retrain from scratch]"
+            "(docs/training.md#a-retrain-from-scratch)), and the evaluation on the first 200 test requests (notebooks 03-05; their measured "
             "times are in the executed notebooks in `results/small/notebooks/`). `make long-edits` fine-tunes the "
             "long-edit editor from the committed working editor "
             f"({training_minutes('medrek-lm-embedding-long'):.0f} minutes of steps).")
@@ -116,11 +119,10 @@ def reproduce_time() -> str:
 def train_table() -> str:
     rows = ["| method | step | gate | efficacy | generality | locality | retrieval (prompt) | retrieval (rephrase) "
             "| false retrieval (locality) |", "|---|---|---|---|---|---|---|---|---|"]
-    calibration = pd.read_csv(SMALL / "gate_calibration.csv") if (SMALL / "gate_calibration.csv").exists() else None
     for method in TRAINED:
-        path = SMALL / f"train_valid_{method}.csv"
-        if not path.exists():
-            continue
+        path = CHECKPOINTS / method / f"train_valid_{method}.csv"
+        calibration_path = CHECKPOINTS / method / "gate_calibration.csv"
+        calibration = pd.read_csv(calibration_path) if calibration_path.exists() else None
         grid = pd.read_csv(path).pivot_table(index="step", columns="metric", values="value")
         for step, v in grid.iterrows():
             rows.append(f"| {method} | {step} | prototype (paper) | {fmt(v['efficacy'])} | {fmt(v['generality'])} "
@@ -131,6 +133,29 @@ def train_table() -> str:
             rows.append(f"| {method} | {grid.index.max()} | calibrated (margin {c['min_margin']:.2f}) "
                         f"| {fmt(c['valid_efficacy_after'])} | {fmt(c['valid_generality_after'])} "
                         f"| {fmt(c['valid_locality_after'])} | | | |")
+    return "\n".join(rows)
+
+
+def retrain_check() -> str:
+    """Committed / retrained, per editor (``tools/retrain_check.py``)."""
+    check = json.loads((SMALL / "retrain_check.json").read_text("utf-8"))
+    rows = ["| method | logged steps equal to the bit | minutes of steps | efficacy | generality | locality "
+            "| retrieval (prompt) | retrieval (rephrase) | false retrieval (locality) | gate | trained weights |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for method, c in check.items():
+        log, minutes, editor = c["log"], c["minutes_of_steps"], c["editor"]
+        steps = f"{log['steps_identical']} of {log['steps_compared']}"
+        if log["first_different_step"] is not None:
+            steps += f" (first at step {log['first_different_step']})"
+        old, new = c["validation"]["committed"], c["validation"]["retrained"]
+        cells = " | ".join(f"{fmt(old[k])} / {fmt(new[k])}" for k in ("efficacy", "generality", "locality",
+                                                                        "retrieval_prompt", "retrieval_rephrase",
+                                                                        "false_retrieval_locality"))
+        gate = f"{editor['committed']['gate']} / {editor['retrained']['best']['gate'] or '-'}"
+        same = editor["identical_weights"]
+        weights = "not on this disk" if same is None else f"identical ({same} checkpoint)" if same else "differ"
+        rows.append(f"| {method} | {steps} | {minutes['committed']:.0f} / {minutes['retrained']:.0f} | {cells} "
+                    f"| {gate} | {weights} |")
     return "\n".join(rows)
 
 
@@ -315,11 +340,11 @@ def claims() -> str:
 
 
 # section -> the page it lives in (relative to the repository root)
-SECTIONS = {"suite": suite, "reproduce-time": reproduce_time, "headline": headline, "train-table": train_table, "eval-table": eval_table,
+SECTIONS = {"suite": suite, "reproduce-time": reproduce_time, "headline": headline, "train-table": train_table, "retrain-check": retrain_check, "eval-table": eval_table,
             "growth-table": growth_table, "ladder": ladder, "claims": claims, "working-bench": working_bench,
             "growth-leads": growth_leads, "long-edits": long_edits,
             "user-probe": user_probe, "lifelong-search": lifelong_search, "lifelong-cost": lifelong_cost}
-PAGES = {"suite": "README.md", "reproduce-time": "README.md", "headline": "README.md", "train-table": "docs/training.md",
+PAGES = {"suite": "README.md", "reproduce-time": "README.md", "headline": "README.md", "train-table": "docs/training.md", "retrain-check": "docs/training.md",
          "eval-table": "docs/evaluation.md", "growth-table": "docs/evaluation.md", "ladder": "docs/evaluation.md",
          "claims": "README.md", "working-bench": "README.md", "growth-leads": "docs/evaluation.md",
          "long-edits": "docs/benchmarks.md", "user-probe": "docs/evaluation.md",
