@@ -56,7 +56,7 @@ def test_an_identical_trajectory_gives_identical_validation_and_weights(method):
     assert check["editor"]["identical_weights"] is not False, f"{method}: equal logs, different weights"
 
 
-def test_the_log_comparison_finds_a_difference(tmp_path):
+def test_the_log_comparison_finds_a_difference():
     log = pd.DataFrame({"step": [1, 2, 3], **{c: [1.0, 2.0, 3.0] for c in TOOL.LOSS_COLUMNS}})
     changed = log.copy()
     changed.loc[1, "q2"] = 2.0000001

@@ -142,7 +142,8 @@ def retrain_check() -> str:
     rows = ["| method | logged steps equal to the bit | minutes of steps | efficacy | generality | locality "
             "| retrieval (prompt) | retrieval (rephrase) | false retrieval (locality) | gate | trained weights |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for method, c in check.items():
+    for method in TRAINED:
+        c = check[method]
         log, minutes, editor = c["log"], c["minutes_of_steps"], c["editor"]
         steps = f"{log['steps_identical']} of {log['steps_compared']}"
         if log["first_different_step"] is not None:

@@ -2,8 +2,8 @@
 
 Notebooks 03-05 of the small run evaluate the committed editors (``checkpoints/small/<method>/``,
 named by ``editor_checkpoints`` in ``params/small.yaml``); notebook 02 of the same run trains every
-editor again from scratch into ``results/small/checkpoints/`` (not committed: base-model-sized
-folders). This compares the two, method by method:
+editor again from scratch into ``results/small/checkpoints/`` (ignored by git, like every run's
+``checkpoints/``: trainer states with optimizer moments). This compares the two, method by method:
 
 - the trajectory: the loss terms logged at every step, committed log against the retrain's, and the
   first step where they differ;
@@ -21,13 +21,14 @@ CSVs and bounds the differences.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from medrek.io import file_sha256, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "checkpoints" / "small"
@@ -63,7 +64,7 @@ def editor_facts(folder: Path) -> dict[str, Any]:
         return {"weights_sha256": None, "gate": None}
     saved = json.loads(path.read_text("utf-8"))
     # editors saved before editor.json recorded it: the same sha256 of editor.safetensors
-    sha = saved.get("weights_sha256") or hashlib.sha256((folder / "editor.safetensors").read_bytes()).hexdigest()
+    sha = saved.get("weights_sha256") or file_sha256(folder / "editor.safetensors")
     return {"weights_sha256": sha, "gate": gate_label(saved["config"])}
 
 
@@ -101,8 +102,6 @@ def main() -> int:
         print(f"no retrained editor for {missing} under {RUN / 'checkpoints'}: run notebook 02 of the small run first "
               "(python -m medrek.pipeline params/small.yaml --run-dir results/small --only 02_train_medrek)", file=sys.stderr)
         return 1
-    from medrek.io import write_json
-
     write_json(OUTPUT, {method: compare(method) for method in TRAINED})
     print(f"wrote {OUTPUT.relative_to(ROOT)}")
     return 0
